@@ -1,0 +1,237 @@
+"""Engine configuration: frozen dataclasses built once at the edge.
+
+`EngineConfig.from_parameters` takes the string parameters of a model's
+`config.pbtxt` (Triton gives them to `initialize`) and the model directory.
+Values learned later (the number of KV blocks that fit the memory budget) are
+set with `dataclasses.replace`, never by mutation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None  # the HF `rope_scaling` dict, or None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool  # Qwen2: q/k/v projections carry a bias
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+    torch_dtype: str  # as saved in config.json ("bfloat16", "float32", ...)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"unsupported architecture {self.architecture!r}; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_attention_heads {self.num_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_kv_heads}"
+            )
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> ModelConfig:
+        architectures = config.get("architectures") or [""]
+        num_heads = int(config["num_attention_heads"])
+        hidden_size = int(config["hidden_size"])
+        eos = config.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        architecture = architectures[0]
+        return cls(
+            architecture=architecture,
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden_size,
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
+            head_dim=int(config.get("head_dim") or hidden_size // num_heads),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(
+                config.get("rope_theta")
+                or (config.get("rope_parameters") or {}).get("rope_theta")
+                or 10000.0
+            ),
+            rope_scaling=_rope_scaling(config),
+            max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            attention_bias=bool(
+                config.get("attention_bias", architecture == "Qwen2ForCausalLM")
+            ),
+            eos_token_ids=eos_ids,
+            bos_token_id=config.get("bos_token_id"),
+            torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"),
+        )
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path) -> ModelConfig:
+        path = Path(model_dir) / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: a model directory needs a config.json")
+        return cls.from_hf_config(json.loads(path.read_text()))
+
+
+def _rope_scaling(config: dict[str, Any]) -> dict[str, Any] | None:
+    scaling = config.get("rope_scaling") or config.get("rope_parameters")
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind == "default":
+        return None
+    return dict(scaling, rope_type=kind)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16  # tokens per KV block
+    # Exactly this many KV blocks; None = as many as `memory_budget_bytes` holds.
+    num_blocks: int | None = None
+    memory_budget_bytes: int = 1 << 30  # KV cache memory when num_blocks is None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"kv_block_size must be a power of two, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ConfigError(f"kv_num_blocks must be >= 1, got {self.num_blocks}")
+        if self.memory_budget_bytes < 1:
+            raise ConfigError("kv_cache_memory_mb must be > 0")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64  # sequences in the running batch at most
+    max_num_batched_tokens: int = 512  # tokens computed per step (the chunked-prefill budget)
+    max_model_len: int = 2048  # prompt + output tokens per sequence at most
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
+            )
+        if self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_dir: str
+    model: ModelConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU; or float32/bfloat16/float16
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    use_kernels: str = "auto"  # "auto" = Triton kernels on CUDA, torch on CPU; "on" / "off"
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.use_kernels not in ("auto", "on", "off"):
+            raise ConfigError(f"use_kernels must be auto, on or off, got {self.use_kernels!r}")
+
+    @classmethod
+    def from_parameters(cls, model_dir: str | Path, parameters: dict[str, str]) -> EngineConfig:
+        """Build from config.pbtxt parameters (all strings); unknown keys are an error."""
+        model = ModelConfig.from_model_dir(model_dir)
+        params = dict(parameters)
+        known = set(_PARAMETERS)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter {unknown[0]!r} in config.pbtxt; known: {', '.join(sorted(known))}"
+            )
+        values = {key: _PARAMETERS[key][1](key, value) for key, value in params.items()}
+
+        def pick(group: str) -> dict[str, Any]:
+            return {
+                _PARAMETERS[key][0].split(".")[1]: value
+                for key, value in values.items()
+                if _PARAMETERS[key][0].split(".")[0] == group
+            }
+
+        scheduler_kwargs = pick("scheduler")
+        scheduler_kwargs.setdefault("max_model_len", model.max_position_embeddings)
+        if scheduler_kwargs["max_model_len"] > model.max_position_embeddings:
+            raise ConfigError(
+                f"max_model_len {scheduler_kwargs['max_model_len']} is over the model's "
+                f"max_position_embeddings {model.max_position_embeddings}"
+            )
+        cache_kwargs = pick("cache")
+        if "memory_budget_bytes" in cache_kwargs:
+            cache_kwargs["memory_budget_bytes"] = int(cache_kwargs["memory_budget_bytes"]) << 20
+        return cls(
+            model_dir=str(model_dir),
+            model=model,
+            cache=CacheConfig(**cache_kwargs),
+            scheduler=SchedulerConfig(**scheduler_kwargs),
+            **pick("engine"),
+        )
+
+
+def _int(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"parameter {key} must be an integer, got {value!r}") from None
+
+
+def _bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"parameter {key} must be true or false, got {value!r}")
+
+
+def _str(key: str, value: str) -> str:
+    return value.strip()
+
+
+# config.pbtxt parameter -> (group.field, parser). The one table of tunables.
+_PARAMETERS: dict[str, tuple[str, Any]] = {
+    "kv_block_size": ("cache.block_size", _int),
+    "kv_num_blocks": ("cache.num_blocks", _int),
+    "kv_cache_memory_mb": ("cache.memory_budget_bytes", _int),
+    "enable_prefix_caching": ("cache.enable_prefix_caching", _bool),
+    "max_num_seqs": ("scheduler.max_num_seqs", _int),
+    "max_num_batched_tokens": ("scheduler.max_num_batched_tokens", _int),
+    "max_model_len": ("scheduler.max_model_len", _int),
+    "dtype": ("engine.dtype", _str),
+    "device": ("engine.device", _str),
+    "use_kernels": ("engine.use_kernels", _str),
+    "num_threads": ("engine.num_threads", _int),
+}
+
+PARAMETER_NAMES = tuple(_PARAMETERS)
+assert {f.name for f in fields(CacheConfig)} >= {
+    v[0].split(".")[1] for v in _PARAMETERS.values() if v[0].startswith("cache.")
+}
