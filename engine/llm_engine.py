@@ -1,0 +1,221 @@
+"""The engine step: schedule, run the model, post-process.
+
+`LLMEngine` is single-threaded: `EngineService` calls `add_request`, `abort` and
+`step` from its engine thread only. `prepare` touches no engine state (only the
+tokenizer), so callers may run it on their own thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from engine.api import ChoiceDelta, GenerationOutput, GenerationRequest
+from engine.config import EngineConfig
+from engine.metrics import EngineMetrics
+from engine.model_runner import ModelRunner
+from engine.output import SequenceOutputTracker
+from engine.request import Sequence, SequenceStatus
+from engine.sampler import SampleResult
+from engine.scheduler import Scheduler
+from engine.tokenizer import Tokenizer
+
+_FINISH_STATUS = {"stop": SequenceStatus.FINISHED_STOPPED, "length": SequenceStatus.FINISHED_LENGTH}
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    request: GenerationRequest
+    prompt_token_ids: list[int]
+    prompt_text: str  # the text the prompt tokens encode (templated for chat), for echo
+    max_tokens: int  # resolved against the context length
+
+
+@dataclass
+class _RequestState:
+    prepared: PreparedRequest
+    sequences: list[Sequence]
+    trackers: list[SequenceOutputTracker]
+    texts: list[str] = field(default_factory=list)  # accumulated text per choice (non-streaming)
+    logprobs: list[list[dict]] = field(default_factory=list)  # accumulated, non-streaming
+    echoed: list[bool] = field(default_factory=list)  # prompt text already sent per choice
+
+    @property
+    def finished(self) -> bool:
+        return all(seq.status.finished for seq in self.sequences)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, metrics: EngineMetrics | None = None) -> None:
+        self.tokenizer = Tokenizer(config.model_dir)
+        self.runner = ModelRunner(config)
+        # The number of KV blocks is learned from the runner's memory budget.
+        cache = replace(config.cache, num_blocks=self.runner.num_blocks)
+        self.config = replace(config, cache=cache)
+        self.scheduler = Scheduler(self.config.scheduler, cache)
+        self.metrics = metrics or EngineMetrics(None)
+        self._requests: dict[int, _RequestState] = {}
+        self._next_seq_id = 0
+
+    # -- any thread ------------------------------------------------------------------------
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Tokenize and check the request against the context; raises ValueError."""
+        if request.messages is not None:
+            prompt_text = self.tokenizer.apply_chat_template(request.messages)
+            prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=False)
+        else:
+            prompt_text = request.prompt or ""
+            prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=True)
+        if not prompt_token_ids:
+            raise ValueError("text_input: the prompt is empty")
+        max_model_len = self.config.scheduler.max_model_len
+        max_tokens = request.params.max_tokens or max_model_len - len(prompt_token_ids)
+        self.scheduler.check_fits(len(prompt_token_ids), max_tokens)
+        vocab_size = self.config.model.vocab_size
+        for token_id in request.params.logit_bias:
+            if token_id >= vocab_size:
+                raise ValueError(f"logit_bias: token id {token_id} is over the vocabulary ({vocab_size})")
+        return PreparedRequest(request, prompt_token_ids, prompt_text, max_tokens)
+
+    # -- engine thread ---------------------------------------------------------------------
+    def add_request(self, key: int, prepared: PreparedRequest) -> None:
+        now = time.monotonic()
+        params = prepared.request.params
+        sequences, trackers = [], []
+        for index in range(params.n):
+            seq = Sequence(
+                seq_id=self._next_seq_id,
+                request_id=str(key),
+                index=index,
+                token_ids=list(prepared.prompt_token_ids),
+                num_prompt_tokens=len(prepared.prompt_token_ids),
+                params=params,
+                max_tokens=prepared.max_tokens,
+                arrival_time=now,
+            )
+            self._next_seq_id += 1
+            sequences.append(seq)
+            trackers.append(
+                SequenceOutputTracker(
+                    self.tokenizer, prepared.prompt_token_ids, params, prepared.max_tokens
+                )
+            )
+        state = _RequestState(prepared, sequences, trackers)
+        state.texts = [""] * params.n
+        state.logprobs = [[] for _ in range(params.n)]
+        state.echoed = [False] * params.n
+        self._requests[key] = state
+        for seq in sequences:
+            self.scheduler.add(seq)
+        self.metrics.add_prompt_tokens(len(prepared.prompt_token_ids))
+
+    def abort(self, key: int) -> None:
+        if self._requests.pop(key, None) is not None:
+            self.scheduler.abort(str(key))
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    def step(self) -> list[tuple[int, GenerationOutput]]:
+        scheduled = self.scheduler.schedule()
+        results = self.runner.execute(scheduled.chunks) if scheduled.chunks else []
+        outputs = self._postprocess(scheduled.chunks, results)
+        self.metrics.record_step(self.scheduler.stats(), len(scheduled.preempted))
+        return outputs
+
+    def _postprocess(
+        self, chunks: list, results: list[SampleResult | None]
+    ) -> list[tuple[int, GenerationOutput]]:
+        now = time.monotonic()
+        touched: dict[int, list[ChoiceDelta]] = {}
+        for chunk, result in zip(chunks, results, strict=True):
+            if result is None:
+                continue
+            seq = chunk.seq
+            key = int(seq.request_id)
+            state = self._requests.get(key)
+            if state is None or seq.status.finished:
+                continue
+            delta = self._accept_token(state, seq, result, now)
+            touched.setdefault(key, []).append(delta)
+        outputs = []
+        for key, deltas in touched.items():
+            output = self._request_output(key, deltas)
+            if output is not None:
+                outputs.append((key, output))
+        return outputs
+
+    def _accept_token(
+        self, state: _RequestState, seq: Sequence, result: SampleResult, now: float
+    ) -> ChoiceDelta:
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            self.metrics.observe_first_token(now - seq.arrival_time)
+        seq.append_token(result.token_id)
+        text, finish_reason = state.trackers[seq.index].on_token(result.token_id)
+        if finish_reason is not None:
+            self.scheduler.finish(seq, _FINISH_STATUS[finish_reason])
+            if seq.num_output_tokens > 1:
+                per_token = (now - seq.first_token_time) / (seq.num_output_tokens - 1)
+                self.metrics.observe_time_per_output_token(per_token)
+        self.metrics.add_generation_tokens(1)
+        logprobs = None
+        if seq.params.logprobs:
+            logprobs = [self._logprob_entry(result)]
+        return ChoiceDelta(seq.index, text, seq.num_output_tokens, finish_reason, logprobs)
+
+    def _logprob_entry(self, result: SampleResult) -> dict:
+        def token(token_id: int, logprob: float) -> dict:
+            text = self.tokenizer.token_text(token_id)
+            return {
+                "token_id": token_id,
+                "token": text,
+                "bytes": list(text.encode("utf-8")),
+                "logprob": logprob,
+            }
+
+        entry = token(result.token_id, result.logprob if result.logprob is not None else 0.0)
+        entry["top_logprobs"] = [token(t, lp) for t, lp in result.top_logprobs]
+        return entry
+
+    def _request_output(self, key: int, deltas: list[ChoiceDelta]) -> GenerationOutput | None:
+        state = self._requests[key]
+        request = state.prepared.request
+        for delta in deltas:
+            if request.include_input and not state.echoed[delta.index]:
+                state.echoed[delta.index] = True
+                delta.text = state.prepared.prompt_text + delta.text
+        finished = state.finished
+        if finished:
+            del self._requests[key]
+        if request.stream:
+            # Deltas whose text is held back (partial UTF-8, a possible stop string) wait.
+            deltas = [d for d in deltas if d.text or d.finish_reason or d.logprobs]
+            if not deltas and not finished:
+                return None
+            return GenerationOutput(
+                len(state.prepared.prompt_token_ids), deltas, finished, request.flags
+            )
+        for delta in deltas:
+            state.texts[delta.index] += delta.text
+            if delta.logprobs:
+                state.logprobs[delta.index].extend(delta.logprobs)
+        if not finished:
+            return None
+        return GenerationOutput(
+            len(state.prepared.prompt_token_ids),
+            [self._whole_choice(state, seq) for seq in state.sequences],
+            True,
+            request.flags,
+        )
+
+    @staticmethod
+    def _whole_choice(state: _RequestState, seq: Sequence) -> ChoiceDelta:
+        logprobs = state.logprobs[seq.index] if seq.params.logprobs else None
+        return ChoiceDelta(
+            seq.index,
+            state.texts[seq.index],
+            seq.num_output_tokens,
+            seq.status.finish_reason,
+            logprobs,
+        )

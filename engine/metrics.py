@@ -1,0 +1,83 @@
+"""Engine metrics, exported through a sink (Triton custom metrics inside the backend).
+
+The engine calls these from its one thread. The sink is any object with
+`gauge(name, description, value)`, `counter(name, description, increment)` and
+`histogram(name, description, buckets, value)`; `None` keeps the numbers in memory
+only (tests read `snapshot`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+# Seconds. TTFT spans queueing + prefill; TPOT is the mean gap between output tokens.
+TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+TPOT_BUCKETS = [0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.5]
+
+
+class MetricSink(Protocol):
+    def gauge(self, name: str, description: str, value: float) -> None: ...
+
+    def counter(self, name: str, description: str, increment: float) -> None: ...
+
+    def histogram(self, name: str, description: str, buckets: list[float], value: float) -> None: ...
+
+
+class EngineMetrics:
+    def __init__(self, sink: MetricSink | None) -> None:
+        self.sink = sink
+        # Latest values, readable in tests and logs without a metrics backend.
+        self.snapshot: dict[str, float] = {}
+
+    def _gauge(self, name: str, description: str, value: float) -> None:
+        self.snapshot[name] = value
+        if self.sink is not None:
+            self.sink.gauge(name, description, value)
+
+    def _counter(self, name: str, description: str, increment: float) -> None:
+        self.snapshot[name] = self.snapshot.get(name, 0.0) + increment
+        if self.sink is not None and increment:
+            self.sink.counter(name, description, increment)
+
+    def record_step(self, stats: Any, num_preempted: int) -> None:
+        """Gauges of the scheduler after a step; `stats` is `Scheduler.stats()`."""
+        self._gauge("tritium_requests_running", "Sequences in the running batch", stats.num_running)
+        self._gauge("tritium_requests_waiting", "Sequences waiting for admission", stats.num_waiting)
+        self._counter(
+            "tritium_requests_preempted_total", "Sequences preempted (KV recomputed)", num_preempted
+        )
+        self._gauge("tritium_kv_blocks_used", "KV cache blocks in use", stats.num_used_blocks)
+        self._gauge("tritium_kv_blocks_total", "KV cache blocks in all", stats.num_total_blocks)
+        queries = stats.prefix_cache_query_tokens
+        hits = stats.prefix_cache_hit_tokens
+        self._gauge(
+            "tritium_prefix_cache_hit_rate",
+            "Prompt tokens found in the prefix cache / prompt tokens looked up",
+            hits / queries if queries else 0.0,
+        )
+        self._gauge("tritium_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache", hits)
+
+    def add_prompt_tokens(self, count: int) -> None:
+        self._counter("tritium_prompt_tokens_total", "Prompt tokens admitted", count)
+
+    def add_generation_tokens(self, count: int) -> None:
+        self._counter("tritium_generation_tokens_total", "Tokens generated", count)
+
+    def observe_first_token(self, seconds: float) -> None:
+        self.snapshot["tritium_last_time_to_first_token_seconds"] = seconds
+        if self.sink is not None:
+            self.sink.histogram(
+                "tritium_time_to_first_token_seconds",
+                "Arrival to first output token",
+                TTFT_BUCKETS,
+                seconds,
+            )
+
+    def observe_time_per_output_token(self, seconds: float) -> None:
+        if self.sink is not None:
+            self.sink.histogram(
+                "tritium_time_per_output_token_seconds",
+                "Mean time between output tokens of a finished sequence",
+                TPOT_BUCKETS,
+                seconds,
+            )

