@@ -1,0 +1,303 @@
+"""`tritium serve`: start tritonserver and the OpenAI adapter, supervise both.
+
+Order: tritonserver first, wait until ``/v2/health/ready`` (every model loaded), then
+the adapter, wait until it accepts connections, print how to reach it. If either
+child dies, the other is stopped and the launcher exits non-zero with the dead
+child's log tail; SIGINT/SIGTERM/SIGHUP stop both (adapter first, so no request
+arrives at a Triton that is shutting down) and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TextIO
+
+from tritium import tritonserver
+from tritium.process import (
+    ChildProcess,
+    describe_exit,
+    start_child,
+    stop_child,
+    wait_until,
+)
+from tritium.serve_options import (
+    ServeOptions,
+    adapter_command,
+    adapter_environment,
+    default_log_dir,
+    example_api_key,
+)
+
+LOG_TAIL_LINES = 40
+SUPERVISE_INTERVAL_SECONDS = 0.5
+
+
+class LaunchError(RuntimeError):
+    """A child failed to start or died; the message says which, why, and its log tail."""
+
+
+def shm_region_prefix() -> str:
+    """Unique per launch so leftovers of this server alone can be removed from /dev/shm."""
+    return f"tritium_{os.getpid()}_"
+
+
+def triton_options(options: ServeOptions, shm_prefix: str) -> tritonserver.TritonServerOptions:
+    executable = tritonserver.find_tritonserver(options.tritonserver)
+    return tritonserver.TritonServerOptions(
+        executable=executable,
+        model_repository=options.model_repository,
+        backend_directory=tritonserver.prepare_backend_dir(executable),
+        host=options.triton_host,
+        http_port=options.http_port,
+        grpc_port=options.grpc_port,
+        metrics_port=options.metrics_port,
+        log_verbose=options.triton_log_verbose,
+        exit_timeout_seconds=options.triton_exit_timeout_seconds,
+        shm_region_prefix=shm_prefix,
+        extra_args=options.triton_args,
+    )
+
+
+def triton_http_url(options: ServeOptions) -> str:
+    return f"http://{tritonserver.connect_host(options.triton_host)}:{options.http_port}"
+
+
+def start_triton(options: ServeOptions, log_dir: Path, shm_prefix: str) -> ChildProcess:
+    if not options.model_repository.is_dir():
+        raise LaunchError(
+            f"model repository {options.model_repository} does not exist; create one with "
+            "`tritium package default --name NAME` or pass --model-repository DIR"
+        )
+    server = triton_options(options, shm_prefix)
+    command = tritonserver.build_command(server)
+    environment = tritonserver.server_environment(server.executable)
+    log_path = log_dir / "tritonserver.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(f"# {tritonserver.format_command(command)}\n")
+    return start_child("tritonserver", command, log_path, environment)
+
+
+def is_triton_ready(http_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:  # refused while starting, or 400 while models load
+        return False
+
+
+def is_port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_ready(
+    child: ChildProcess,
+    is_ready: Callable[[], bool],
+    timeout_seconds: float,
+    stop_event: threading.Event,
+) -> None:
+    """Return once ``is_ready()``; raise LaunchError if the child exits or time runs out.
+    Returns early, without error, when ``stop_event`` is set (the user asked to stop)."""
+
+    def ready_or_exited() -> bool:
+        return child.exit_code() is not None or is_ready()
+
+    became = wait_until(ready_or_exited, timeout_seconds, 0.2, stop_event)
+    if stop_event.is_set():
+        return
+    exit_code = child.exit_code()
+    if exit_code is not None:
+        raise LaunchError(
+            failure_report(child, f"exited during startup ({describe_exit(exit_code)})")
+        )
+    if not became:
+        raise LaunchError(
+            failure_report(child, f"was not ready after {timeout_seconds:g} s (--startup-timeout)")
+        )
+
+
+def failure_report(child: ChildProcess, what: str) -> str:
+    tail = child.log_tail(LOG_TAIL_LINES)
+    return (
+        f"{child.name} {what}. Last {LOG_TAIL_LINES} lines of {child.log_path}:\n"
+        f"{tail or '(empty log)'}"
+    )
+
+
+def served_model_names(http_url: str, model_repository: Path) -> list[str]:
+    """READY models from Triton's repository index; the repository's directories if
+    the index cannot be read."""
+    request = urllib.request.Request(f"{http_url}/v2/repository/index", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            index = json.load(response)
+        return sorted({entry["name"] for entry in index if entry.get("state") == "READY"})
+    except (OSError, ValueError, KeyError, TypeError):
+        return tritonserver.list_model_names(model_repository)
+
+
+def usage_banner(options: ServeOptions, model_names: list[str]) -> str:
+    base_url = f"http://{tritonserver.connect_host(options.host)}:{options.port}"
+    model = model_names[0] if model_names else "MODEL"
+    api_key = example_api_key(options)
+    authorization = f" -H 'Authorization: Bearer {api_key}'" if api_key else ""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    return (
+        f"Tritium is serving {', '.join(model_names) or 'no models'} at {base_url}/v1\n"
+        f"Try:\n  curl {base_url}/v1/chat/completions -H 'Content-Type: application/json'"
+        f"{authorization} -d '{body}'\n"
+        "Press Ctrl-C to stop."
+    )
+
+
+def supervise(children: list[ChildProcess], stop_event: threading.Event) -> None:
+    """Block until ``stop_event`` is set (return) or a child exits (raise LaunchError)."""
+    while not stop_event.wait(SUPERVISE_INTERVAL_SECONDS):
+        for child in children:
+            exit_code = child.exit_code()
+            if exit_code is not None:
+                raise LaunchError(
+                    failure_report(child, f"stopped unexpectedly ({describe_exit(exit_code)})")
+                )
+
+
+def remove_shared_memory(prefix: str) -> None:
+    """Python-backend /dev/shm regions survive a killed tritonserver; remove ours."""
+    for region in Path("/dev/shm").glob(f"{prefix}*"):
+        with suppress(OSError):
+            region.unlink()
+
+
+def check_ports_free(options: ServeOptions) -> None:
+    """Fail before starting anything if a port is taken: otherwise another server on
+    Triton's HTTP port could answer our readiness probe in place of ours."""
+    wanted = [
+        ("--http-port", options.triton_host, options.http_port),
+        ("--grpc-port", options.triton_host, options.grpc_port),
+        ("--metrics-port", options.triton_host, options.metrics_port),
+        ("--port", options.host, options.port),
+    ]
+    for flag, host, port in wanted:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # Like the servers themselves: sockets in TIME_WAIT do not count as taken.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.strip("[]"), port))
+            except OSError as error:
+                raise LaunchError(
+                    f"cannot use {host}:{port} ({flag}): {error.strerror}; "
+                    f"stop what is using it or pick another {flag}"
+                ) from None
+
+
+def launch_triton(
+    options: ServeOptions,
+    log_dir: Path,
+    shm_prefix: str,
+    stop_event: threading.Event,
+    children: list[ChildProcess],
+) -> None:
+    """Start tritonserver (appended to ``children`` at once, so it is always stopped)
+    and wait until every model is loaded."""
+    triton = start_triton(options, log_dir, shm_prefix)
+    children.append(triton)
+    say(f"starting tritonserver (log: {triton.log_path})")
+    started = time.monotonic()
+    http_url = triton_http_url(options)
+    wait_ready(
+        triton, lambda: is_triton_ready(http_url), options.startup_timeout_seconds, stop_event
+    )
+    if not stop_event.is_set():
+        say(f"tritonserver ready in {time.monotonic() - started:.1f} s")
+
+
+def launch_adapter(
+    options: ServeOptions,
+    log_dir: Path,
+    stop_event: threading.Event,
+    children: list[ChildProcess],
+) -> None:
+    """Start the adapter and wait until it accepts connections."""
+    command = adapter_command(options)
+    environment = adapter_environment(options)
+    adapter_process = start_child("adapter", command, log_dir / "adapter.log", environment)
+    children.append(adapter_process)
+    adapter_host = tritonserver.connect_host(options.host)
+    wait_ready(
+        adapter_process,
+        lambda: is_port_open(adapter_host, options.port),
+        options.startup_timeout_seconds,
+        stop_event,
+    )
+
+
+def run(options: ServeOptions, stop_event: threading.Event) -> int:
+    """Launch, supervise until ``stop_event`` or a failure, stop; returns the exit status."""
+    log_dir = options.log_dir or default_log_dir()
+    shm_prefix = shm_region_prefix()
+    children: list[ChildProcess] = []
+    try:
+        check_ports_free(options)
+        launch_triton(options, log_dir, shm_prefix, stop_event, children)
+        if not stop_event.is_set():
+            launch_adapter(options, log_dir, stop_event, children)
+        if not stop_event.is_set():
+            model_names = served_model_names(triton_http_url(options), options.model_repository)
+            print(usage_banner(options, model_names), flush=True)
+            supervise(children, stop_event)
+        say("stopping")
+        return 0
+    except (LaunchError, tritonserver.TritonServerNotFoundError, OSError) as error:
+        say(f"error: {error}", stream=sys.stderr)
+        return 1
+    finally:
+        # Adapter first: it must not send requests to a Triton that is shutting down.
+        for child in reversed(children):
+            stop_child(child, options.stop_grace_seconds)
+        remove_shared_memory(shm_prefix)
+
+
+def say(message: str, stream: TextIO | None = None) -> None:
+    print(f"tritium: {message}", file=stream or sys.stdout, flush=True)
+
+
+@contextmanager
+def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM/SIGHUP into ``stop_event`` while the block runs."""
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def request_stop(signal_number: int, _frame: object) -> None:
+        stop_event.set()
+
+    previous = {number: signal.signal(number, request_stop) for number in handled}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Entry point of `tritium serve`; returns the exit status."""
+    try:
+        options = ServeOptions.from_args(args)
+    except ValueError as error:
+        say(f"error: {error}", stream=sys.stderr)
+        return 2
+    stop_event = threading.Event()
+    with stop_on_signals(stop_event):
+        return run(options, stop_event)
