@@ -13,7 +13,20 @@ from engine.sampling_params import SamplingParams, SamplingParamsError
 
 
 class RequestError(ValueError):
-    """A request that cannot be served; the message names the field and says why."""
+    """A request that cannot be served; the message names the field and says why.
+
+    `triton_message` is what the shim sends back: its prefix tells the adapter which
+    HTTP status to answer (see docs/api.md, "Errors").
+    """
+
+    def __init__(self, message: str, field: str | None = None, kind: str = "invalid request") -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.kind = kind  # "invalid request" (400), "context length" (400), "unavailable" (503)
+
+    @property
+    def triton_message(self) -> str:
+        return f"{self.kind}: {self}"
 
 
 @dataclass(frozen=True)
@@ -45,17 +58,17 @@ class GenerationRequest:
             try:
                 parsed_messages = json.loads(messages)
             except json.JSONDecodeError as error:
-                raise RequestError(f"messages: not valid JSON ({error})") from None
+                raise RequestError(f"not valid JSON ({error})", "messages") from None
             if not isinstance(parsed_messages, list) or not parsed_messages:
-                raise RequestError("messages: must be a non-empty JSON list of messages")
+                raise RequestError("must be a non-empty JSON list of messages", "messages")
         try:
             raw = json.loads(sampling_parameters) if sampling_parameters else None
         except json.JSONDecodeError as error:
-            raise RequestError(f"sampling_parameters: not valid JSON ({error})") from None
+            raise RequestError(f"not valid JSON ({error})", "sampling_parameters") from None
         try:
             params = SamplingParams.from_json(raw)
         except SamplingParamsError as error:
-            raise RequestError(f"invalid sampling parameter {error}") from None
+            raise RequestError(error.reason, error.field) from None
         return cls(
             request_id=request_id,
             params=params,
@@ -73,8 +86,9 @@ class ChoiceDelta:
     text: str  # new text since the previous output of this choice
     num_output_tokens: int  # tokens generated so far for this choice (cumulative)
     finish_reason: str | None  # "stop" / "length" / "abort" once finished
-    # One entry per token in this delta when logprobs were asked for, else None.
-    logprobs: list[dict[str, Any]] | None = None
+    # When logprobs were asked for: {"token_ids", "tokens", "logprobs", "top_logprobs"},
+    # lists aligned over the tokens of this delta (docs/api.md); else None.
+    logprobs: dict[str, list[Any]] | None = None
 
 
 @dataclass

@@ -10,15 +10,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from engine.api import ChoiceDelta, GenerationOutput, GenerationRequest
+from engine.api import ChoiceDelta, GenerationOutput, GenerationRequest, RequestError
 from engine.config import EngineConfig
 from engine.metrics import EngineMetrics
 from engine.model_runner import ModelRunner
 from engine.output import SequenceOutputTracker
 from engine.request import Sequence, SequenceStatus
 from engine.sampler import SampleResult
-from engine.scheduler import Scheduler
-from engine.tokenizer import Tokenizer
+from engine.scheduler import RequestTooLargeError, Scheduler
+from engine.tokenizer import MessagesError, Tokenizer
 
 _FINISH_STATUS = {"stop": SequenceStatus.FINISHED_STOPPED, "length": SequenceStatus.FINISHED_LENGTH}
 
@@ -37,7 +37,7 @@ class _RequestState:
     sequences: list[Sequence]
     trackers: list[SequenceOutputTracker]
     texts: list[str] = field(default_factory=list)  # accumulated text per choice (non-streaming)
-    logprobs: list[list[dict]] = field(default_factory=list)  # accumulated, non-streaming
+    logprobs: list[dict[str, list]] = field(default_factory=list)  # accumulated, non-streaming
     echoed: list[bool] = field(default_factory=list)  # prompt text already sent per choice
 
     @property
@@ -59,22 +59,30 @@ class LLMEngine:
 
     # -- any thread ------------------------------------------------------------------------
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Tokenize and check the request against the context; raises ValueError."""
+        """Tokenize and check the request against the context; raises RequestError."""
         if request.messages is not None:
-            prompt_text = self.tokenizer.apply_chat_template(request.messages)
+            try:
+                prompt_text = self.tokenizer.apply_chat_template(request.messages)
+            except MessagesError as error:
+                raise RequestError(str(error).split(": ", 1)[-1], error.field) from None
+            except ValueError as error:  # the template itself refused the conversation
+                raise RequestError(str(error), "messages") from None
             prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=False)
         else:
             prompt_text = request.prompt or ""
             prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=True)
         if not prompt_token_ids:
-            raise ValueError("text_input: the prompt is empty")
+            raise RequestError("the prompt is empty", "text_input")
         max_model_len = self.config.scheduler.max_model_len
         max_tokens = request.params.max_tokens or max_model_len - len(prompt_token_ids)
-        self.scheduler.check_fits(len(prompt_token_ids), max_tokens)
+        try:
+            self.scheduler.check_fits(len(prompt_token_ids), max(max_tokens, 1))
+        except RequestTooLargeError as error:
+            raise RequestError(str(error), kind="context length") from None
         vocab_size = self.config.model.vocab_size
         for token_id in request.params.logit_bias:
             if token_id >= vocab_size:
-                raise ValueError(f"logit_bias: token id {token_id} is over the vocabulary ({vocab_size})")
+                raise RequestError(f"token id {token_id} is not below the vocabulary size {vocab_size}", "logit_bias")
         return PreparedRequest(request, prompt_token_ids, prompt_text, max_tokens)
 
     # -- engine thread ---------------------------------------------------------------------
@@ -102,7 +110,9 @@ class LLMEngine:
             )
         state = _RequestState(prepared, sequences, trackers)
         state.texts = [""] * params.n
-        state.logprobs = [[] for _ in range(params.n)]
+        state.logprobs = [
+            {"token_ids": [], "tokens": [], "logprobs": [], "top_logprobs": []} for _ in range(params.n)
+        ]
         state.echoed = [False] * params.n
         self._requests[key] = state
         for seq in sequences:
@@ -159,24 +169,20 @@ class LLMEngine:
                 per_token = (now - seq.first_token_time) / (seq.num_output_tokens - 1)
                 self.metrics.observe_time_per_output_token(per_token)
         self.metrics.add_generation_tokens(1)
-        logprobs = None
-        if seq.params.logprobs:
-            logprobs = [self._logprob_entry(result)]
+        logprobs = self._logprobs(result) if seq.params.logprobs else None
         return ChoiceDelta(seq.index, text, seq.num_output_tokens, finish_reason, logprobs)
 
-    def _logprob_entry(self, result: SampleResult) -> dict:
-        def token(token_id: int, logprob: float) -> dict:
-            text = self.tokenizer.token_text(token_id)
-            return {
-                "token_id": token_id,
-                "token": text,
-                "bytes": list(text.encode("utf-8")),
-                "logprob": logprob,
-            }
-
-        entry = token(result.token_id, result.logprob if result.logprob is not None else 0.0)
-        entry["top_logprobs"] = [token(t, lp) for t, lp in result.top_logprobs]
-        return entry
+    def _logprobs(self, result: SampleResult) -> dict[str, list]:
+        """The contract's logprobs object (docs/api.md) for one sampled token."""
+        text = self.tokenizer.token_text
+        return {
+            "token_ids": [result.token_id],
+            "tokens": [text(result.token_id)],
+            "logprobs": [result.logprob if result.logprob is not None else 0.0],
+            "top_logprobs": [
+                [{"token": text(t), "logprob": lp} for t, lp in result.top_logprobs]
+            ],
+        }
 
     def _request_output(self, key: int, deltas: list[ChoiceDelta]) -> GenerationOutput | None:
         state = self._requests[key]
@@ -199,7 +205,8 @@ class LLMEngine:
         for delta in deltas:
             state.texts[delta.index] += delta.text
             if delta.logprobs:
-                state.logprobs[delta.index].extend(delta.logprobs)
+                for name, values in delta.logprobs.items():
+                    state.logprobs[delta.index][name].extend(values)
         if not finished:
             return None
         return GenerationOutput(

@@ -46,11 +46,8 @@ class EngineService:
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
         """Validate and tokenize now (raises RequestError), then queue for the engine thread."""
         if self._stopped.is_set():
-            raise RequestError("the model is shutting down")
-        try:
-            prepared = self.engine.prepare(request)
-        except ValueError as error:
-            raise RequestError(str(error)) from None
+            raise RequestError("the model is shutting down", kind="unavailable")
+        prepared = self.engine.prepare(request)
         self._inbox.put((next(self._keys), prepared, sink))
 
     def shutdown(self, timeout_s: float = 30.0) -> None:

@@ -56,7 +56,7 @@ class TritonPythonModel:
                 self.service.submit(_parse_request(request), TritonSink(sender))
             except RequestError as error:
                 sender.send(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))),
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(error.triton_message)),
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
                 )
         return None
@@ -99,7 +99,8 @@ class TritonSink:
     def send(self, output: GenerationOutput) -> None:
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
         if output.error is not None:
-            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(output.error))
+            message = f"unavailable: {output.error}"
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
         else:
             response = pb_utils.InferenceResponse(output_tensors=_output_tensors(output))
         self.sender.send(response, flags=flags)
@@ -120,7 +121,7 @@ def _output_tensors(output: GenerationOutput) -> list[Any]:
         counts = np.array([c.num_output_tokens for c in choices], dtype=np.int32)
         tensors.append(pb_utils.Tensor("num_output_tokens", counts))
     if flags.get("return_logprobs", False):
-        logprobs = [json.dumps(c.logprobs) if c.logprobs is not None else "" for c in choices]
+        logprobs = [json.dumps(c.logprobs) if c.logprobs else "" for c in choices]
         tensors.append(pb_utils.Tensor("logprobs", _strings(logprobs)))
     return tensors
 

@@ -95,11 +95,11 @@ def _run(engine: LLMEngine, arrivals: dict[int, list[tuple[int, GenerationReques
 
 def _token_ids(outputs: list[GenerationOutput], index: int = 0) -> list[int]:
     return [
-        entry["token_id"]
+        token_id
         for output in outputs
         for choice in output.choices
-        if choice.index == index
-        for entry in choice.logprobs or []
+        if choice.index == index and choice.logprobs
+        for token_id in choice.logprobs["token_ids"]
     ]
 
 

@@ -1,0 +1,123 @@
+"""Adapter configuration: one frozen dataclass, built once at the edge.
+
+Every field can come from a CLI flag (`adapter.cli`) or a `TRITIUM_*` environment
+variable (`AdapterConfig.from_env`); the two spellings mirror each other, e.g.
+`--max-body-bytes` and `TRITIUM_MAX_BODY_BYTES`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+ENV_PREFIX = "TRITIUM_"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the setting and what is allowed."""
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    # Triton gRPC endpoints (host:port). Several = least-loaded routing (one is enough today).
+    triton_urls: tuple[str, ...] = ("127.0.0.1:8001",)
+    # Accepted Bearer keys; empty = no authentication. Never logged.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Origins allowed by CORS; empty = no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
+    # Largest request body accepted (413 above it), counted on the wire.
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Generation requests in flight at once; the next one gets 429 + Retry-After.
+    max_concurrent_requests: int = 256
+    # Most choices (`n`) one request may ask for.
+    max_n: int = 16
+    # Upper bound on max_tokens; None = only the model's context length bounds it.
+    max_tokens: int | None = None
+    # Deadline of one generation request at Triton; None = no deadline.
+    request_timeout_s: float | None = 600.0
+    # Seconds a client is told to wait (Retry-After) when over the concurrency limit.
+    retry_after_s: int = 1
+    log_level: str = "info"
+    # uvicorn bind address for `python -m adapter` / `tritium serve`.
+    host: str = "0.0.0.0"
+    port: int = 8000
+
+    def __post_init__(self) -> None:
+        # Accept lists from callers, store tuples so the config stays hashable and frozen.
+        for name in ("triton_urls", "api_keys", "cors_origins"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.triton_urls:
+            raise ConfigError("triton_urls: give at least one Triton gRPC endpoint (host:port)")
+        for url in self.triton_urls:
+            if "://" in url or ":" not in url:
+                raise ConfigError(f"triton_urls: expected host:port (gRPC), got {url!r}")
+        if any(not key for key in self.api_keys):
+            raise ConfigError("api_keys: keys must not be empty strings")
+        _check_positive("max_body_bytes", self.max_body_bytes)
+        _check_positive("max_concurrent_requests", self.max_concurrent_requests)
+        _check_positive("max_n", self.max_n)
+        _check_positive("retry_after_s", self.retry_after_s)
+        if self.max_tokens is not None:
+            _check_positive("max_tokens", self.max_tokens)
+        if self.request_timeout_s is not None and self.request_timeout_s <= 0:
+            raise ConfigError(
+                f"request_timeout_s: must be > 0 (or unset for none), got {self.request_timeout_s}"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level: one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not (0 < self.port < 65536):
+            raise ConfigError(f"port: must be in 1..65535, got {self.port}")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AdapterConfig:
+        """Build from TRITIUM_* variables; unset variables keep the defaults.
+
+        Lists (TRITIUM_TRITON_URLS, TRITIUM_API_KEYS, TRITIUM_CORS_ORIGINS) are
+        comma-separated. An empty TRITIUM_MAX_TOKENS / TRITIUM_REQUEST_TIMEOUT_S = None.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for config_field in fields(cls):
+            name = ENV_PREFIX + config_field.name.upper()
+            if name in environ:
+                values[config_field.name] = parse_value(config_field.name, environ[name])
+        return cls(**values)
+
+
+def parse_value(name: str, text: str) -> object:
+    """One setting from its text form (environment variable or CLI flag)."""
+    text = text.strip()
+    if name in ("triton_urls", "api_keys", "cors_origins"):
+        return tuple(item.strip() for item in text.split(",") if item.strip())
+    if name in ("max_body_bytes", "max_concurrent_requests", "max_n", "retry_after_s", "port"):
+        return _parse_int(name, text)
+    if name == "max_tokens":
+        return None if text in ("", "none") else _parse_int(name, text)
+    if name == "request_timeout_s":
+        if text in ("", "none"):
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{name}: expected seconds (a number), got {text!r}") from None
+    if name == "log_level":
+        return text.lower()
+    return text
+
+
+def _parse_int(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}: must be an integer >= 1, got {value!r}")

@@ -1,0 +1,245 @@
+"""Request bodies of the OpenAI API (chat and completions), as pydantic models.
+
+Every model forbids unknown fields: a typo or a field we do not know is a 400 that
+names it, never silently dropped. OpenAI fields we know but do not implement are
+declared here so that `check_supported` can answer "not supported yet" with the
+field's name. docs/api.md lists every field; tests/adapter/test_docs.py keeps the
+two in step. Response objects are in `adapter.objects`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from adapter.errors import InvalidRequest, NotSupported
+
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
+MAX_STOP_STRINGS = 16
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(StrictModel):
+    # Send one more chunk before [DONE] with empty choices and the request's usage.
+    include_usage: bool | None = None
+    # Accepted and ignored: we never pad chunks.
+    include_obfuscation: bool | None = None
+
+
+class SamplingRequest(StrictModel):
+    """Fields shared by chat and completions requests."""
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # token id (as a string, JSON keys are strings) -> bias added to its logit
+    logit_bias: dict[str, float] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # accepted, only logged
+    # Extensions (vLLM spelling), not in OpenAI's API.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    min_tokens: int | None = Field(default=None, ge=0)
+    ignore_eos: bool | None = None
+    stop_token_ids: list[int] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        values = [stop] if isinstance(stop, str) else stop or []
+        if len(values) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        if any(not value for value in values):
+            raise ValueError("stop strings must not be empty")
+        return stop
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys must be token ids (non-negative integers), got {token!r}")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"bias for token {token} must be in [-100, 100], got {value}")
+        return bias
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _check_stop_token_ids(cls, token_ids: list[int] | None) -> list[int] | None:
+        if any(token_id < 0 for token_id in token_ids or []):
+            raise ValueError("token ids must be >= 0")
+        return token_ids
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def check_stream_options(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest(
+                "stream_options is only allowed when stream is true", param="stream_options"
+            )
+
+
+class ContentPart(StrictModel):
+    type: str
+    text: str | None = None
+    # Other part types, known so that they get "not supported yet" rather than "unknown".
+    image_url: Any | None = None
+    input_audio: Any | None = None
+    file: Any | None = None
+    refusal: str | None = None
+
+
+class ChatMessage(StrictModel):
+    # "developer" is OpenAI's newer name for "system"; the model sees "system".
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    # Known, not supported yet (tool calling).
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    function_call: Any | None = None
+    refusal: str | None = None
+    audio: Any | None = None
+
+    def for_model(self, position: int) -> dict[str, str]:
+        """{"role", "content", "name"?} as the model's chat template receives it."""
+        where = f"messages.{position}"
+        if self.role in ("tool", "function"):
+            raise NotSupported(f"{where}.role", f"role '{self.role}' (tool calling)")
+        for name in ("tool_calls", "tool_call_id", "function_call", "audio"):
+            if getattr(self, name) is not None:
+                raise NotSupported(f"{where}.{name}", f"'{name}' in messages")
+        if self.content is None:
+            raise InvalidRequest(
+                f"Messages need content; '{where}.content' is null", param=f"{where}.content"
+            )
+        message = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": _join_text_parts(self.content, where),
+        }
+        if self.name is not None:
+            message["name"] = self.name
+        return message
+
+
+def _join_text_parts(content: str | list[ContentPart], where: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for position, part in enumerate(content):
+        param = f"{where}.content.{position}"
+        if part.type != "text":
+            raise NotSupported(f"{param}.type", f"content parts of type '{part.type}'", plural=True)
+        if part.text is None:
+            raise InvalidRequest(
+                f"Text content parts need 'text' ('{param}.text')", param=f"{param}.text"
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    # Newer name of max_tokens; wins when both are given.
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    # Accepted and ignored (metadata about the request, not about generation).
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None  # prefix caching is automatic
+    safety_identifier: str | None = None
+    parallel_tool_calls: bool | None = None  # meaningless without tools
+    # Allowed only at the value that means "plain text out".
+    response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    store: bool | None = None
+    tool_choice: Any | None = None
+    # Not supported yet: any value is a 400.
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    function_call: Any | None = None
+    audio: Any | None = None
+    prediction: Any | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    web_search_options: Any | None = None
+
+    @property
+    def completion_tokens_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def check_supported(self) -> None:
+        self.check_stream_options()
+        for name in (
+            "tools",
+            "functions",
+            "function_call",
+            "audio",
+            "prediction",
+            "reasoning_effort",
+            "verbosity",
+            "web_search_options",
+        ):
+            if getattr(self, name) is not None:
+                raise NotSupported(name, f"'{name}'")
+        if self.tool_choice not in (None, "none"):
+            raise NotSupported("tool_choice", "tool_choice other than 'none'")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            kind = self.response_format.get("type")
+            raise NotSupported("response_format", f"response_format of type {kind!r}")
+        if self.modalities not in (None, ["text"]):
+            raise NotSupported("modalities", "modalities other than ['text']", plural=True)
+        if self.store:
+            raise NotSupported("store", "storing completions (store=true)")
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs=true", param="top_logprobs")
+
+    def messages_for_model(self) -> list[dict[str, str]]:
+        return [message.for_model(position) for position, message in enumerate(self.messages)]
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # OpenAI's default for the legacy completions API.
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool | None = False
+    # Return logprobs of the chosen token and this many alternatives (0..5).
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    best_of: int | None = Field(default=None, ge=1)
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        self.check_stream_options()
+        if self.suffix is not None:
+            raise NotSupported("suffix", "'suffix' (insertion)")
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            raise NotSupported("best_of", "best_of different from n")
+        if self.echo and self.logprobs is not None:
+            raise NotSupported("echo", "echo together with logprobs (prompt logprobs)")
+
+    def prompts(self) -> list[str]:
+        """The text prompts; token-id prompts are rejected (the contract has no token input)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if not prompt:
+            raise InvalidRequest("prompt must not be an empty list", param="prompt")
+        if all(isinstance(item, str) for item in prompt):
+            return list(prompt)  # type: ignore[arg-type]
+        raise NotSupported("prompt", "token-id prompts", plural=True)

@@ -1,0 +1,292 @@
+"""Triton over gRPC: one bidirectional stream per generation request.
+
+`TritonClient` wraps `tritonclient.grpc.aio.InferenceServerClient` for one endpoint;
+`Backends` spreads requests over several endpoints (least requests in flight).
+Both implement `adapter.contract.TritonBackend`; the tensor contract they speak
+is documented in `adapter.contract` and docs/api.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from adapter.config import AdapterConfig
+from adapter.contract import (
+    ChoiceDelta,
+    GenerateInputs,
+    GenerateOutput,
+    ModelInfo,
+    TokenLogprobs,
+    TopLogprob,
+    TritonBackend,
+)
+from adapter.errors import (
+    APIError,
+    GatewayTimeout,
+    InvalidRequest,
+    ModelError,
+    ModelNotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+
+logger = logging.getLogger("adapter")
+
+_INVALID = re.compile(
+    r"invalid request:\s*(?:(?P<field>[A-Za-z_][A-Za-z0-9_.]*):\s)?(?P<text>.*)", re.S
+)
+
+
+def error_from_triton(message: str, model: str) -> APIError:
+    """A Triton/model error message -> the adapter error the client sees (see contract)."""
+    lowered = message.lower()
+    invalid = _INVALID.search(message)
+    if invalid is not None:
+        return InvalidRequest(invalid["text"].strip(), param=invalid["field"], code="invalid_value")
+    if "context length" in lowered or "request too large" in lowered:
+        text = (
+            message.split(":", 1)[1].strip() if lowered.startswith("context length:") else message
+        )
+        return InvalidRequest(text, param="messages", code="context_length_exceeded")
+    if "unknown model" in lowered or ("model" in lowered and "is not found" in lowered):
+        return ModelNotFound(model)
+    if "maximum queue size" in lowered:
+        return TooManyRequests(f"Triton's queue for '{model}' is full; retry later", 1)
+    if lowered.startswith(("unavailable:", "overloaded:")) or "unavailable" in lowered:
+        return ServiceUnavailable(message)
+    return ModelError(message)
+
+
+def error_from_grpc(error: grpc.aio.AioRpcError | InferenceServerException, model: str) -> APIError:
+    if isinstance(error, grpc.aio.AioRpcError):
+        code, message = error.code(), error.details() or ""
+    else:
+        code, message = error.status(), error.message() or ""
+    code_name = str(code).rsplit(".", 1)[-1]
+    if code_name == "UNAVAILABLE":
+        return ServiceUnavailable(f"Triton is unreachable: {message}")
+    if code_name == "DEADLINE_EXCEEDED":
+        return GatewayTimeout("The request ran past the adapter's request timeout")
+    if code_name == "RESOURCE_EXHAUSTED":
+        return TooManyRequests(f"Triton is out of capacity: {message}", 1)
+    return error_from_triton(message, model)
+
+
+def build_inputs(inputs: GenerateInputs) -> list[grpcclient.InferInput]:
+    """The request tensors of the contract (all shape [1])."""
+    tensors: list[grpcclient.InferInput] = []
+
+    def add(name: str, value: str | bool) -> None:
+        is_text = isinstance(value, str)
+        tensor = grpcclient.InferInput(name, [1], "BYTES" if is_text else "BOOL")
+        data = np.array([value.encode("utf-8")], dtype=np.object_) if is_text else np.array([value])
+        tensor.set_data_from_numpy(data)
+        tensors.append(tensor)
+
+    if inputs.messages is not None:
+        add("messages", json.dumps(inputs.messages, ensure_ascii=False))
+    else:
+        add("text_input", inputs.text_input or "")
+    add("stream", inputs.stream)
+    add("sampling_parameters", json.dumps(inputs.sampling_parameters, ensure_ascii=False))
+    for flag in (
+        "exclude_input_in_output",
+        "return_finish_reason",
+        "return_num_input_tokens",
+        "return_num_output_tokens",
+    ):
+        add(flag, True)
+    if inputs.return_logprobs:  # only then: models without logprobs still serve the rest
+        add("return_logprobs", True)
+    return tensors
+
+
+def parse_response(result: Any) -> GenerateOutput:
+    """A tritonclient InferResult -> GenerateOutput (output names per the contract)."""
+    texts = _strings(result.as_numpy("text_output"))
+    count = len(texts)
+    indexes = _integers(result.as_numpy("index")) or list(range(count))
+    reasons = _strings(result.as_numpy("finish_reason")) or [""] * count
+    counts: list[int | None] = (
+        list(_integers(result.as_numpy("num_output_tokens"))) or [None] * count
+    )
+    logprobs = _strings(result.as_numpy("logprobs")) or [""] * count
+    if not (len(indexes) == len(reasons) == len(counts) == len(logprobs) == count):
+        raise ModelError(
+            "contract violation: text_output, index, finish_reason, num_output_tokens and"
+            f" logprobs must have the same length, got {count}, {len(indexes)}, {len(reasons)},"
+            f" {len(counts)}, {len(logprobs)}"
+        )
+    input_counts = _integers(result.as_numpy("num_input_tokens"))
+    choices = [
+        ChoiceDelta(
+            index=indexes[i],
+            text=texts[i],
+            finish_reason=reasons[i] or None,
+            num_output_tokens=counts[i],
+            logprobs=parse_logprobs(logprobs[i]),
+        )
+        for i in range(count)
+    ]
+    parameters = result.get_response().parameters
+    final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+    return GenerateOutput(
+        choices=choices, num_input_tokens=input_counts[0] if input_counts else None, final=final
+    )
+
+
+def parse_logprobs(text: str) -> TokenLogprobs | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        top = [
+            [TopLogprob(str(item["token"]), float(item["logprob"])) for item in alternatives]
+            for alternatives in data.get("top_logprobs") or [[] for _ in data["tokens"]]
+        ]
+        return TokenLogprobs(
+            token_ids=[int(t) for t in data.get("token_ids", [])],
+            tokens=[str(t) for t in data["tokens"]],
+            logprobs=[float(v) for v in data["logprobs"]],
+            top_logprobs=top,
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"contract violation: bad logprobs JSON ({error}): {text[:200]}") from None
+
+
+def _strings(array: np.ndarray | None) -> list[str]:
+    if array is None:
+        return []
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+
+
+def _integers(array: np.ndarray | None) -> list[int]:
+    return [] if array is None else [int(v) for v in array.reshape(-1)]
+
+
+class TritonClient:
+    """One Triton endpoint."""
+
+    def __init__(self, url: str, request_timeout_s: float | None = None) -> None:
+        self.url = url
+        self.request_timeout_s = request_timeout_s
+        self.client = grpcclient.InferenceServerClient(url=url)
+
+    async def generate(
+        self, model: str, inputs: GenerateInputs
+    ) -> AsyncGenerator[GenerateOutput, None]:
+        num_choices = int(inputs.sampling_parameters.get("n") or 1)
+        done = asyncio.Event()
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": model,
+                "inputs": build_inputs(inputs),
+                "request_id": inputs.request_id,
+            }
+            # Hold the stream open: we end it ourselves (final response or cancellation).
+            await done.wait()
+
+        stream = self.client.stream_infer(requests(), stream_timeout=self.request_timeout_s)
+        finished: set[int] = set()
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    raise error_from_triton(error.message() or str(error), model)
+                output = parse_response(result)
+                yield output
+                finished.update(c.index for c in output.choices if c.finish_reason)
+                if output.final or len(finished) >= num_choices:
+                    return
+        except (grpc.aio.AioRpcError, InferenceServerException) as error:
+            raise error_from_grpc(error, model) from None
+        finally:
+            # Cancelling the call makes Triton cancel the request (the model sees
+            # is_cancelled()); after the final response it only frees the call.
+            done.set()
+            stream.cancel()
+
+    async def list_models(self) -> list[ModelInfo]:
+        try:
+            index = await self.client.get_model_repository_index(as_json=True)
+            names = [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
+            configs = await asyncio.gather(*(self._model_config(name) for name in names))
+        except InferenceServerException as error:
+            raise error_from_grpc(error, "") from None
+        return [info for info in configs if info is not None]
+
+    async def _model_config(self, name: str) -> ModelInfo | None:
+        config = (await self.client.get_model_config(name, as_json=True)).get("config", {})
+        input_names = {tensor.get("name") for tensor in config.get("input", [])}
+        if not input_names & {"text_input", "messages"}:
+            return None  # not an LLM of the contract (a tokenizer, an embedding model, ...)
+        length = config.get("parameters", {}).get("max_model_len", {}).get("string_value")
+        return ModelInfo(
+            id=name,
+            max_model_len=int(length) if length and length.isdigit() else None,
+            supports_chat="messages" in input_names,
+            supports_completions="text_input" in input_names,
+        )
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(await self.client.is_server_ready())
+        except InferenceServerException:
+            return False
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class Backends:
+    """Several endpoints serving the same model repository; least-loaded routing."""
+
+    def __init__(self, backends: Sequence[TritonBackend]) -> None:
+        if not backends:
+            raise ValueError("Backends needs at least one backend")
+        self.backends = list(backends)
+        self.in_flight = [0] * len(self.backends)
+
+    @classmethod
+    def from_config(cls, config: AdapterConfig) -> Backends:
+        return cls([TritonClient(url, config.request_timeout_s) for url in config.triton_urls])
+
+    async def generate(
+        self, model: str, inputs: GenerateInputs
+    ) -> AsyncGenerator[GenerateOutput, None]:
+        slot = min(range(len(self.backends)), key=self.in_flight.__getitem__)
+        self.in_flight[slot] += 1
+        stream = self.backends[slot].generate(model, inputs)
+        try:
+            async for output in stream:
+                yield output
+        finally:
+            self.in_flight[slot] -= 1
+            await stream.aclose()  # now, not at garbage collection: it cancels the request
+
+    async def list_models(self) -> list[ModelInfo]:
+        error: APIError | None = None
+        for backend in self.backends:
+            try:
+                return await backend.list_models()
+            except APIError as failure:
+                error = failure
+        assert error is not None
+        raise error
+
+    async def is_ready(self) -> bool:
+        results = await asyncio.gather(*(backend.is_ready() for backend in self.backends))
+        return any(results)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(backend.close() for backend in self.backends))

@@ -1,0 +1,274 @@
+"""The gRPC wrapper without a Triton: tensors built, responses parsed, errors mapped,
+cancellation of the stream when the consumer stops early."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+from tritonclient.grpc import InferResult, service_pb2
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, serialize_byte_tensor
+
+from adapter.contract import GenerateInputs, ModelInfo
+from adapter.errors import (
+    InvalidRequest,
+    ModelError,
+    ModelNotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+from adapter.triton_client import (
+    Backends,
+    TritonClient,
+    build_inputs,
+    error_from_triton,
+    parse_response,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def strings(*values: str) -> np.ndarray:
+    return np.array([v.encode() for v in values], dtype=np.object_)
+
+
+def infer_result(outputs: dict[str, np.ndarray], final: bool = False) -> InferResult:
+    response = service_pb2.ModelInferResponse(model_name="m", id="r")
+    for name, array in outputs.items():
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = np_to_triton_dtype(array.dtype)
+        tensor.shape.extend(array.shape)
+        is_bytes = array.dtype == np.object_
+        raw = serialize_byte_tensor(array).item() if is_bytes else array.tobytes()
+        response.raw_output_contents.append(raw)
+    response.parameters["triton_final_response"].bool_param = final
+    return InferResult(response)
+
+
+def test_build_inputs_follows_the_contract() -> None:
+    inputs = GenerateInputs(
+        request_id="r1",
+        messages=[{"role": "user", "content": "hé"}],
+        stream=False,
+        sampling_parameters={"n": 2, "temperature": 0.0},
+        return_logprobs=True,
+    )
+    tensors = {tensor.name(): tensor for tensor in build_inputs(inputs)}
+    assert set(tensors) == {
+        "messages",
+        "stream",
+        "sampling_parameters",
+        "exclude_input_in_output",
+        "return_finish_reason",
+        "return_num_input_tokens",
+        "return_num_output_tokens",
+        "return_logprobs",
+    }
+    assert tensors["messages"].datatype() == "BYTES" and tensors["messages"].shape() == [1]
+    assert tensors["stream"].datatype() == "BOOL"
+    sent = tensors["sampling_parameters"]._get_content()
+    assert json.loads(sent[4:].decode()) == {"n": 2, "temperature": 0.0}  # 4-byte length prefix
+    text_only = {t.name() for t in build_inputs(GenerateInputs("r2", text_input="x"))}
+    assert "text_input" in text_only and "messages" not in text_only
+    assert "return_logprobs" not in text_only
+
+
+def test_parse_response_with_every_output() -> None:
+    logprobs = json.dumps(
+        {
+            "token_ids": [5],
+            "tokens": ["lo"],
+            "logprobs": [-0.5],
+            "top_logprobs": [[{"token": "lo", "logprob": -0.5}]],
+        }
+    )
+    result = infer_result(
+        {
+            "text_output": strings("lo", "B"),
+            "index": np.array([1, 0], dtype=np.int32),
+            "finish_reason": strings("", "length"),
+            "num_output_tokens": np.array([3, 7], dtype=np.int64),
+            "num_input_tokens": np.array([11], dtype=np.int32),
+            "logprobs": strings(logprobs, ""),
+        },
+        final=True,
+    )
+    output = parse_response(result)
+    assert output.final and output.num_input_tokens == 11
+    first, second = output.choices
+    assert (first.index, first.text, first.finish_reason, first.num_output_tokens) == (
+        1,
+        "lo",
+        None,
+        3,
+    )
+    assert (second.index, second.text, second.finish_reason) == (0, "B", "length")
+    assert first.logprobs is not None and first.logprobs.top_logprobs[0][0].token == "lo"
+    assert second.logprobs is None
+
+
+def test_parse_response_with_only_text_output() -> None:
+    # A model like Triton's vLLM backend: no index, no counts.
+    output = parse_response(infer_result({"text_output": strings("hi")}))
+    assert [(c.index, c.text, c.finish_reason, c.num_output_tokens) for c in output.choices] == [
+        (0, "hi", None, None)
+    ]
+    assert not output.final
+
+
+def test_parse_response_rejects_misaligned_outputs() -> None:
+    with pytest.raises(ModelError):
+        parse_response(
+            infer_result({"text_output": strings("a", "b"), "index": np.array([0], dtype=np.int32)})
+        )
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "param"),
+    [
+        ("invalid request: temperature: must be in [0, 2], got 3.0", InvalidRequest, "temperature"),
+        ("invalid request: messages must not be empty", InvalidRequest, None),
+        (
+            "context length: prompt has 5000 tokens, the model takes 2048",
+            InvalidRequest,
+            "messages",
+        ),
+        ("Request for unknown model: 'x' is not found", ModelNotFound, "model"),
+        ("Exceeds maximum queue size", TooManyRequests, None),
+        ("unavailable: the engine is shutting down", ServiceUnavailable, None),
+        ("CUDA out of memory at engine/model_runner.py:88", ModelError, None),
+    ],
+)
+def test_error_from_triton(message: str, kind: type, param: str | None) -> None:
+    error = error_from_triton(message, "m")
+    assert type(error) is kind
+    assert error.param == param
+
+
+class FakeStream:
+    """What tritonclient's stream_infer returns: async (result, error) pairs + cancel()."""
+
+    def __init__(self, requests: AsyncIterator[dict[str, Any]], items: list[Any]) -> None:
+        self.requests = requests
+        self.items = items
+        self.cancelled = False
+        self.sent: list[dict[str, Any]] = []
+
+    def __aiter__(self) -> FakeStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self.sent:
+            self.sent.append(await anext(self.requests))
+        if not self.items:
+            raise StopAsyncIteration
+        item = self.items.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+class FakeGrpcClient:
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.streams: list[FakeStream] = []
+
+    def stream_infer(
+        self, requests: AsyncIterator[dict[str, Any]], stream_timeout: Any = None
+    ) -> FakeStream:
+        stream = FakeStream(requests, self.items)
+        self.streams.append(stream)
+        return stream
+
+    async def close(self) -> None:
+        pass
+
+
+def running(text: str, index: int = 0) -> InferResult:
+    return infer_result(
+        {
+            "text_output": strings(text),
+            "index": np.array([index], dtype=np.int32),
+            "finish_reason": strings(""),
+        }
+    )
+
+
+def done(text: str, index: int = 0, final: bool = True) -> InferResult:
+    return infer_result(
+        {
+            "text_output": strings(text),
+            "index": np.array([index], dtype=np.int32),
+            "finish_reason": strings("stop"),
+        },
+        final=final,
+    )
+
+
+async def test_generate_stops_at_the_final_response() -> None:
+    client = TritonClient("127.0.0.1:1")
+    client.client = FakeGrpcClient(
+        [(running("a"), None), (done("b"), None), (running("never"), None)]
+    )
+    outputs = [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
+    assert [o.choices[0].text for o in outputs] == ["a", "b"]
+    stream = client.client.streams[0]
+    assert stream.sent[0]["model_name"] == "m" and stream.sent[0]["request_id"] == "r"
+
+
+async def test_generate_stops_when_every_choice_finished() -> None:
+    # No triton_final_response (e.g. the model sent a flag-only final response).
+    client = TritonClient("127.0.0.1:1")
+    client.client = FakeGrpcClient(
+        [(done("a", 0, final=False), None), (done("b", 1, final=False), None), (running("x"), None)]
+    )
+    inputs = GenerateInputs("r", text_input="x", sampling_parameters={"n": 2})
+    outputs = [o async for o in client.generate("m", inputs)]
+    assert len(outputs) == 2
+
+
+async def test_closing_early_cancels_the_grpc_stream() -> None:
+    client = TritonClient("127.0.0.1:1")
+    client.client = FakeGrpcClient([(running("a"), None), (running("b"), None)])
+    generator = client.generate("m", GenerateInputs("r", text_input="x"))
+    assert (await anext(generator)).choices[0].text == "a"
+    await generator.aclose()
+    assert client.client.streams[0].cancelled
+
+
+async def test_stream_errors_are_mapped() -> None:
+    client = TritonClient("127.0.0.1:1")
+    error = InferenceServerException(msg="invalid request: top_k: must be >= -1")
+    client.client = FakeGrpcClient([(None, error)])
+    with pytest.raises(InvalidRequest) as raised:
+        [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
+    assert raised.value.param == "top_k"
+    assert client.client.streams[0].cancelled
+
+
+async def test_backends_pick_the_least_loaded() -> None:
+    from tests.adapter.fake_triton import HANG, FakeTriton, choice, out
+
+    first, second = FakeTriton(), FakeTriton()
+    for fake in (first, second):
+        fake.respond = lambda inputs: [out(choice(0, "a")), HANG]
+    backends = Backends([first, second])
+    one = backends.generate("m", GenerateInputs("1", text_input="x"))
+    two = backends.generate("m", GenerateInputs("2", text_input="x"))
+    await anext(one)
+    await anext(two)
+    assert len(first.calls) == 1 and len(second.calls) == 1
+    assert backends.in_flight == [1, 1]
+    await one.aclose()
+    await two.aclose()
+    assert backends.in_flight == [0, 0] and first.cancelled == 1 == second.cancelled
+    assert await backends.list_models() == first.models
+    assert isinstance((await backends.list_models())[0], ModelInfo)
