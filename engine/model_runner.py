@@ -1,0 +1,150 @@
+"""The model runner: owns the device, the weights and the KV cache; runs one step.
+
+`execute(chunks)` is the whole contract with the engine: each scheduled chunk feeds
+`seq.token_ids[start : start + num_new_tokens]`, whose KV slots are already
+allocated in `seq.block_ids`; chunks that reach the end of their sequence get a
+sampled token back, the others `None`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence as SequenceOf
+from typing import Any, Protocol
+
+import torch
+
+from engine.attention import build_attention_metadata
+from engine.config import ConfigError, EngineConfig
+from engine.models.llama import KVCache, LlamaForCausalLM
+from engine.ops import TorchOps
+from engine.request import Sequence
+from engine.sampler import Sampler, SampleResult
+from engine.weights import load_weights
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Chunk(Protocol):
+    """What `execute` reads of `engine.scheduler.ScheduledChunk`."""
+
+    @property
+    def seq(self) -> Sequence: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def num_new_tokens(self) -> int: ...
+    @property
+    def sample(self) -> bool: ...
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.ops = make_ops(config.use_kernels, self.device)
+        if config.num_threads > 0 and self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads)
+        model_config = config.model
+        self.block_size = config.cache.block_size
+        self.model = LlamaForCausalLM(
+            model_config, self.dtype, self.device, max_positions=config.scheduler.max_model_len
+        )
+        load_weights(self.model, config.model_dir)
+        element_bytes = torch.empty((), dtype=self.dtype).element_size()
+        # K and V, every layer, one block of positions.
+        self.block_bytes: int = (
+            2
+            * model_config.num_layers
+            * self.block_size
+            * model_config.num_kv_heads
+            * model_config.head_dim
+            * element_bytes
+        )
+        self.num_blocks: int = self._count_blocks()
+        # [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]; zeros so that
+        # padding slots a backend may read (masked out) are never NaN.
+        self.kv_cache = torch.zeros(
+            model_config.num_layers,
+            2,
+            self.num_blocks,
+            self.block_size,
+            model_config.num_kv_heads,
+            model_config.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.kv_caches: list[KVCache] = [(layer[0], layer[1]) for layer in self.kv_cache]
+        self.sampler = Sampler(model_config.vocab_size, model_config.eos_token_ids)
+
+    def _count_blocks(self) -> int:
+        cache = self.config.cache
+        if cache.num_blocks is not None:
+            return cache.num_blocks
+        scheduler = self.config.scheduler
+        # More than every running sequence at full length could ever hold is waste.
+        most_needed = scheduler.max_num_seqs * -(-scheduler.max_model_len // self.block_size)
+        fitting = cache.memory_budget_bytes // self.block_bytes
+        if fitting < 1:
+            raise ConfigError(
+                f"kv_cache_memory_mb is too small for one KV block of {self.block_bytes} bytes; "
+                "raise it or lower kv_block_size"
+            )
+        return min(fitting, most_needed)
+
+    @torch.inference_mode()
+    def execute(self, chunks: SequenceOf[Chunk]) -> list[SampleResult | None]:
+        """Run the model on the scheduled chunks; sample where a chunk completes its sequence."""
+        if not chunks:
+            return []
+        input_ids: list[int] = []
+        for chunk in chunks:
+            input_ids.extend(chunk.seq.token_ids[chunk.start : chunk.start + chunk.num_new_tokens])
+        sample_flags = [chunk.sample for chunk in chunks]
+        metadata = build_attention_metadata(
+            starts=[chunk.start for chunk in chunks],
+            query_lens=[chunk.num_new_tokens for chunk in chunks],
+            block_ids=[chunk.seq.block_ids for chunk in chunks],
+            sample_flags=sample_flags,
+            block_size=self.block_size,
+            device=self.device,
+        )
+        tokens = torch.tensor(input_ids, dtype=torch.int64).to(self.device)
+        hidden = self.model(tokens, metadata, self.kv_caches, self.ops)  # [T, hidden]
+        sampled_seqs = [chunk.seq for chunk in chunks if chunk.sample]
+        if not sampled_seqs:
+            return [None] * len(chunks)
+        logits = self.model.compute_logits(hidden[metadata.logits_indices])  # [B, vocab]
+        results = iter(self.sampler.sample(logits, sampled_seqs))
+        return [next(results) if flag else None for flag in sample_flags]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is cuda but no CUDA device is available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def make_ops(use_kernels: str, device: torch.device) -> Any:
+    """TorchOps, or the Triton KernelOps when asked ("on") or on CUDA ("auto")."""
+    if use_kernels == "off" or (use_kernels == "auto" and device.type != "cuda"):
+        return TorchOps()
+    try:
+        module = importlib.import_module("engine.kernel_ops")
+    except ModuleNotFoundError as error:
+        if error.name != "engine.kernel_ops":
+            raise
+        raise ConfigError(
+            f"use_kernels={use_kernels} on {device.type} needs engine.kernel_ops, which is not "
+            "available in this build; set use_kernels=off to run the torch backend"
+        ) from None
+    return module.KernelOps()

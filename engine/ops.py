@@ -1,0 +1,247 @@
+"""The seam between the model and the compute backend.
+
+`engine.models.llama` calls only these four operations for everything that is not
+a plain matmul. `TorchOps` (here) is the CPU / reference backend written with torch;
+`engine.kernel_ops.KernelOps` implements the same methods with Triton kernels on
+CUDA. Both must agree on these contracts:
+
+- KV cache, per layer: `key_cache` and `value_cache`, each
+  [num_blocks, block_size, num_kv_heads, head_dim], in the model dtype. Token slot
+  `s` lives at block `s // block_size`, offset `s % block_size`.
+- Grouped-query attention: query head `h` reads KV head `h // (num_heads //
+  num_kv_heads)` (the Hugging Face `repeat_kv` order).
+- RoPE cache: [max_positions, head_dim]; row p holds cos(p * inv_freq) in its first
+  head_dim / 2 columns and sin(p * inv_freq) in its last head_dim / 2 (any attention
+  scaling factor already multiplied in). Rotation follows HF's `rotate_half`: the
+  two halves of a head are the (real, imaginary) parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention import AttentionMetadata
+
+
+class TorchOps:
+    """Reference backend in torch: exact, and vectorised enough for CPU serving."""
+
+    def __init__(self) -> None:
+        # (metadata, its index plan) of the current step, shared by all layers.
+        self._planned: tuple[AttentionMetadata, _AttentionPlan] | None = None
+
+    def rms_norm(
+        self,
+        x: torch.Tensor,  # [num_tokens, hidden_size]
+        weight: torch.Tensor,  # [hidden_size]
+        eps: float,
+        residual: torch.Tensor | None,  # [num_tokens, hidden_size] or None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RMSNorm with the residual add fused in front.
+
+        With a residual: residual_out = x + residual, out = rmsnorm(residual_out) * weight.
+        Without: residual_out = x, out = rmsnorm(x) * weight. Both [num_tokens, hidden_size].
+        Statistics in float32, then cast back before the weight, as HF Llama does.
+        """
+        residual_out = x if residual is None else x + residual
+        if residual_out.dtype == torch.float32:
+            # Same formula as below; the fused op saves two passes over memory.
+            return F.rms_norm(residual_out, weight.shape, weight, eps), residual_out
+        hidden = residual_out.float()
+        variance = hidden.pow(2).mean(-1, keepdim=True)
+        normed = (hidden * torch.rsqrt(variance + eps)).to(x.dtype)
+        return weight * normed, residual_out
+
+    def apply_rope(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        positions: torch.Tensor,  # [num_tokens] int64
+        cos_sin_cache: torch.Tensor,  # [max_positions, head_dim]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate query and key by their positions; returns new (query, key), same shapes."""
+        cos, sin = cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)  # [T, 1, D/2] each
+        return _rotate(query, cos, sin), _rotate(key, cos, sin)
+
+    def write_kv(
+        self,
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        slot_mapping: torch.Tensor,  # [num_tokens] int64
+    ) -> None:
+        """Store the new tokens' key and value at their slots, in place."""
+        num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+        key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
+        value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+
+    def attention(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        """Causal attention of each sequence's new queries over its paged context.
+
+        New token i of a sequence with query_len new tokens and seq_len context sits at
+        position seq_len - query_len + i and attends to keys at positions <= its own.
+        The new tokens' KV must already be written (`write_kv`).
+
+        Decodes (query_len 1) run as one padded batch; longer chunks (prefill)
+        run one SDPA call per sequence, so padding never grows with a long prompt.
+        """
+        plan = self._plan_for(metadata)
+        output = torch.empty_like(query)
+        num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+        key_slots = key_cache.view(-1, num_kv_heads, head_dim)  # [num_slots, Hkv, D]
+        value_slots = value_cache.view(-1, num_kv_heads, head_dim)
+        group = query.shape[1] // num_kv_heads
+        if plan.decode is not None:
+            _decode_attention(query, key_slots, value_slots, plan.decode, group, scale, output)
+        for prefill in plan.prefills:
+            _prefill_attention(query, key_slots, value_slots, prefill, group, scale, output)
+        return output
+
+    def _plan_for(self, metadata: AttentionMetadata) -> _AttentionPlan:
+        # Every layer of a step gets the same metadata: index it once, not per layer.
+        if self._planned is None or self._planned[0] is not metadata:
+            self._planned = (metadata, _AttentionPlan.build(metadata))
+        return self._planned[1]
+
+
+@dataclass(frozen=True)
+class _DecodePlan:
+    """Sequences with one new token, batched; context padded to the longest."""
+
+    token_index: torch.Tensor  # [B] int64: flat token of each decode
+    slots: torch.Tensor  # [B, L] int64: cache slot of each context position
+    visible: torch.Tensor  # [B, 1, 1, L] bool: False on padding past a seq_len
+
+
+@dataclass(frozen=True)
+class _PrefillPlan:
+    """One sequence with several new tokens."""
+
+    token_start: int  # first flat token of the sequence
+    query_len: int
+    slots: torch.Tensor  # [L] int64: cache slot of each context position
+    causal: torch.Tensor  # [q, L] bool: query i (position L - q + i) sees keys <= it
+
+
+@dataclass(frozen=True)
+class _AttentionPlan:
+    decode: _DecodePlan | None
+    prefills: tuple[_PrefillPlan, ...]
+
+    @classmethod
+    def build(cls, metadata: AttentionMetadata) -> _AttentionPlan:
+        device = metadata.block_tables.device
+        tables = metadata.block_tables.long()  # [num_seqs, max_blocks]
+        token_starts = _cumulative(metadata.query_lens_host)  # host ints: no device sync
+        decodes = [i for i, n in enumerate(metadata.query_lens_host) if n == 1]
+        decode = None
+        if decodes:
+            seq_index = torch.tensor(decodes, device=device)
+            context_len = max(metadata.seq_lens_host[i] for i in decodes)
+            visible = torch.arange(context_len, device=device) < metadata.seq_lens[
+                seq_index
+            ].unsqueeze(1)  # [B, L]
+            decode = _DecodePlan(
+                token_index=torch.tensor([token_starts[i] for i in decodes], device=device),
+                slots=_slots(tables[seq_index], context_len, metadata.block_size),
+                visible=visible[:, None, None, :],
+            )
+        prefills = []
+        for seq, (query_len, seq_len) in enumerate(
+            zip(metadata.query_lens_host, metadata.seq_lens_host, strict=True)
+        ):
+            if query_len > 1:
+                positions = torch.arange(seq_len, device=device)
+                query_positions = positions[seq_len - query_len :]
+                prefills.append(
+                    _PrefillPlan(
+                        token_start=token_starts[seq],
+                        query_len=query_len,
+                        slots=_slots(tables[seq : seq + 1], seq_len, metadata.block_size)[0],
+                        causal=positions[None, :] <= query_positions[:, None],  # [q, L]
+                    )
+                )
+        return cls(decode, tuple(prefills))
+
+
+def _cumulative(counts: tuple[int, ...]) -> list[int]:
+    starts = [0]
+    for count in counts:
+        starts.append(starts[-1] + count)
+    return starts
+
+
+def _slots(
+    tables: torch.Tensor,  # [S, max_blocks] int64
+    context_len: int,
+    block_size: int,
+) -> torch.Tensor:  # [S, context_len] int64: slot of every context position
+    positions = torch.arange(context_len, device=tables.device)
+    return tables[:, positions // block_size] * block_size + positions % block_size
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [T, H, D]; cos, sin: [T, 1, D/2]. HF: x * cat(cos, cos) + rotate_half(x) * cat(sin, sin).
+    first, second = x.chunk(2, dim=-1)
+    cos = cos.to(x.dtype)
+    sin = sin.to(x.dtype)
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
+
+
+def _decode_attention(
+    query: torch.Tensor,  # [T, Hq, D]
+    key_slots: torch.Tensor,  # [num_slots, Hkv, D]
+    value_slots: torch.Tensor,  # [num_slots, Hkv, D]
+    plan: _DecodePlan,
+    group: int,
+    scale: float,
+    output: torch.Tensor,  # [T, Hq, D], written at the decode tokens
+) -> None:
+    batch = plan.token_index.shape[0]
+    num_kv_heads, head_dim = key_slots.shape[1], key_slots.shape[2]
+    keys = key_slots[plan.slots].transpose(1, 2)  # [B, Hkv, L, D]
+    values = value_slots[plan.slots].transpose(1, 2)
+    # The query heads sharing a KV head become its "query rows": no KV repeat.
+    grouped = query[plan.token_index].view(batch, num_kv_heads, group, head_dim)
+    out = F.scaled_dot_product_attention(
+        grouped, keys, values, attn_mask=plan.visible, scale=scale
+    )  # [B, Hkv, group, D]
+    output[plan.token_index] = out.reshape(batch, num_kv_heads * group, head_dim)
+
+
+def _prefill_attention(
+    query: torch.Tensor,  # [T, Hq, D]
+    key_slots: torch.Tensor,  # [num_slots, Hkv, D]
+    value_slots: torch.Tensor,  # [num_slots, Hkv, D]
+    plan: _PrefillPlan,
+    group: int,
+    scale: float,
+    output: torch.Tensor,  # [T, Hq, D], written at this sequence's tokens
+) -> None:
+    query_len, token_end = plan.query_len, plan.token_start + plan.query_len
+    num_kv_heads, head_dim = key_slots.shape[1], key_slots.shape[2]
+    keys = key_slots[plan.slots].transpose(0, 1)  # [Hkv, L, D]
+    values = value_slots[plan.slots].transpose(0, 1)
+    # [q, Hq, D] -> [Hkv, group, q, D]: the group's heads share the KV head.
+    grouped = query[plan.token_start : token_end].view(query_len, num_kv_heads, group, head_dim)
+    out = F.scaled_dot_product_attention(
+        grouped.permute(1, 2, 0, 3),
+        keys[:, None],
+        values[:, None],
+        attn_mask=plan.causal,
+        scale=scale,
+    )  # [Hkv, group, q, D]
+    output[plan.token_start : token_end] = out.permute(2, 0, 1, 3).reshape(
+        query_len, num_kv_heads * group, head_dim
+    )

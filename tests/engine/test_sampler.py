@@ -1,0 +1,181 @@
+"""Sampler: seeds, filtering distributions, penalties, bias, min_tokens, logprobs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.request import Sequence
+from engine.sampler import Sampler
+from engine.sampling_params import SamplingParams
+
+VOCAB_SIZE = 16
+EOS = 2
+# Chi-square critical values at significance 0.001, by degrees of freedom.
+CHI_SQUARE_CRITICAL = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}
+
+
+def _seq(
+    params: SamplingParams,
+    prompt: list[int] | None = None,
+    output: list[int] | None = None,
+    index: int = 0,
+) -> Sequence:
+    prompt = prompt if prompt is not None else [1, 4]
+    return Sequence(
+        seq_id=0,
+        request_id="r",
+        index=index,
+        token_ids=prompt + (output or []),
+        num_prompt_tokens=len(prompt),
+        params=params,
+        max_tokens=64,
+        arrival_time=0.0,
+    )
+
+
+def _logits(rows: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, VOCAB_SIZE, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+def test_greedy_takes_argmax() -> None:
+    logits = _logits(3)
+    seqs = [_seq(SamplingParams(temperature=0.0)) for _ in range(3)]
+    results = Sampler(VOCAB_SIZE, [EOS]).sample(logits, seqs)
+    assert [r.token_id for r in results] == logits.argmax(-1).tolist()
+    assert all(r.logprob is None and r.top_logprobs == () for r in results)
+
+
+def test_seeded_row_ignores_batch_composition() -> None:
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234)
+    row = _logits(1, seed=7)[0]
+
+    def run(batch_logits: torch.Tensor, seqs: list[Sequence], row_index: int) -> list[int]:
+        sampler = Sampler(VOCAB_SIZE, [EOS])
+        tokens = []
+        for step in range(12):
+            seqs[row_index].token_ids[:] = [1, 4] + [5] * step  # step = output tokens so far
+            tokens.append(sampler.sample(batch_logits, seqs)[row_index].token_id)
+        return tokens
+
+    alone = run(row[None], [_seq(params)], 0)
+    others = _logits(4, seed=9)
+    crowded = torch.cat([others[:2], row[None], others[2:]])
+    crowd = [
+        _seq(SamplingParams(temperature=0.7, seed=5)),
+        _seq(SamplingParams(temperature=1.0)),
+        _seq(params),
+        _seq(SamplingParams(temperature=0.0)),
+        _seq(SamplingParams(temperature=1.2, top_k=3)),
+    ]
+    assert run(crowded, crowd, 2) == alone
+    assert len(set(alone)) > 1  # the step feeds the seed: not one token repeated
+    other_choice = run(row[None], [_seq(params, index=1)], 0)
+    assert other_choice != alone  # choice index n feeds the seed too
+
+
+def _expected_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Straight from the definitions: temperature, top_k, top_p, min_p, renormalising each time."""
+    probabilities = (logits.double() / params.temperature).softmax(-1)
+    order = probabilities.argsort(descending=True).tolist()
+    keep = order[: params.top_k] if params.top_k > 0 else order
+    mass, nucleus = 0.0, []
+    total = sum(probabilities[i].item() for i in keep)
+    for token in keep:
+        if mass >= params.top_p:
+            break
+        nucleus.append(token)
+        mass += probabilities[token].item() / total
+    top = probabilities[nucleus[0]].item()
+    final = [t for t in nucleus if probabilities[t].item() >= params.min_p * top]
+    expected = torch.zeros_like(probabilities)
+    expected[final] = probabilities[final]
+    return expected / expected.sum()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=1.0, top_k=3),
+        SamplingParams(temperature=1.0, top_p=0.8),
+        SamplingParams(temperature=1.0, min_p=0.2),
+        SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.1),
+    ],
+    ids=["plain", "top_k", "top_p", "min_p", "combined"],
+)
+def test_sampling_distribution_chi_square(params: SamplingParams) -> None:
+    vocab_size = 8
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
+    num_samples = 20000
+    sampler = Sampler(vocab_size, [], seed=0)
+    seqs = [_seq(params)] * num_samples
+    tokens = torch.tensor(
+        [r.token_id for r in sampler.sample(logits.expand(num_samples, vocab_size), seqs)]
+    )
+    counts = torch.bincount(tokens, minlength=vocab_size).double()
+    expected = _expected_distribution(logits, params) * num_samples
+    allowed = expected > 0
+    assert counts[~allowed].sum() == 0, "sampled a token the filters exclude"
+    statistic = ((counts[allowed] - expected[allowed]) ** 2 / expected[allowed]).sum().item()
+    degrees_of_freedom = int(allowed.sum()) - 1
+    assert statistic < CHI_SQUARE_CRITICAL[degrees_of_freedom], (statistic, counts, expected)
+
+
+def test_penalties_follow_their_formulas() -> None:
+    logits = _logits(1, seed=3)
+    params = SamplingParams(
+        temperature=0.0, repetition_penalty=1.5, presence_penalty=0.5, frequency_penalty=0.25
+    )
+    prompt, output = [3, 3, 6], [6, 7, 7, 7]
+    adjusted = Sampler(VOCAB_SIZE, [EOS]).adjust_logits(logits, [_seq(params, prompt, output)])[0]
+    expected = logits[0].clone()
+    for token in {3, 6, 7}:  # repetition: prompt and output
+        value = expected[token]
+        expected[token] = value / 1.5 if value > 0 else value * 1.5
+    for token in {6, 7}:  # presence and frequency: output only
+        expected[token] -= 0.5 + 0.25 * output.count(token)
+    torch.testing.assert_close(adjusted, expected)
+    torch.testing.assert_close(logits, _logits(1, seed=3))  # input untouched
+
+
+def test_logit_bias_forces_a_token_and_ignores_out_of_vocab_ids() -> None:
+    params = SamplingParams(temperature=1.0, logit_bias={9: 100.0, VOCAB_SIZE + 5: 100.0})
+    results = Sampler(VOCAB_SIZE, [EOS], seed=0).sample(_logits(8), [_seq(params)] * 8)
+    assert {r.token_id for r in results} == {9}
+
+
+def test_min_tokens_masks_eos_and_stop_ids_until_reached() -> None:
+    logits = torch.zeros(1, VOCAB_SIZE)
+    logits[0, EOS], logits[0, 11], logits[0, 5] = 10.0, 9.0, 8.0
+    params = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=(11,))
+    sampler = Sampler(VOCAB_SIZE, [EOS])
+    assert sampler.sample(logits, [_seq(params, output=[4])])[0].token_id == 5
+    assert sampler.sample(logits, [_seq(params, output=[4, 4])])[0].token_id == EOS
+    ignoring = SamplingParams(temperature=0.0, min_tokens=2, ignore_eos=True, stop_token_ids=(11,))
+    # With ignore_eos, EOS is an ordinary token: not a stop, so not masked.
+    assert sampler.sample(logits, [_seq(ignoring)])[0].token_id == EOS
+
+
+def test_logprobs_sorted_and_from_raw_logits() -> None:
+    logits = _logits(3, seed=4)
+    seqs = [
+        _seq(
+            SamplingParams(temperature=0.0, logprobs=True, top_logprobs=5, repetition_penalty=2.0)
+        ),
+        _seq(SamplingParams(temperature=0.0)),
+        _seq(SamplingParams(temperature=1.0, logprobs=True, top_logprobs=0)),
+    ]
+    results = Sampler(VOCAB_SIZE, [EOS], seed=0).sample(logits, seqs)
+    reference = logits.log_softmax(-1)
+    first = results[0]
+    assert len(first.top_logprobs) == 5
+    values = [value for _, value in first.top_logprobs]
+    assert values == sorted(values, reverse=True)
+    assert [token for token, _ in first.top_logprobs] == reference[0].topk(5).indices.tolist()
+    for token, value in first.top_logprobs:
+        assert value == pytest.approx(reference[0, token].item(), abs=1e-6)
+    assert first.logprob == pytest.approx(reference[0, first.token_id].item(), abs=1e-6)
+    assert results[1].logprob is None and results[1].top_logprobs == ()
+    assert results[2].logprob == pytest.approx(reference[2, results[2].token_id].item(), abs=1e-6)
+    assert results[2].top_logprobs == ()
