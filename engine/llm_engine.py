@@ -129,8 +129,9 @@ class LLMEngine:
     def step(self) -> list[tuple[int, GenerationOutput]]:
         scheduled = self.scheduler.schedule()
         results = self.runner.execute(scheduled.chunks) if scheduled.chunks else []
+        self.scheduler.step_done(scheduled)  # the KV is written: cache full blocks
         outputs = self._postprocess(scheduled.chunks, results)
-        self.metrics.record_step(self.scheduler.stats(), len(scheduled.preempted))
+        self.metrics.record_step(self.scheduler, len(scheduled.preempted))
         return outputs
 
     def _postprocess(

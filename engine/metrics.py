@@ -40,7 +40,7 @@ class EngineMetrics:
             self.sink.counter(name, description, increment)
 
     def record_step(self, stats: Any, num_preempted: int) -> None:
-        """Gauges of the scheduler after a step; `stats` is `Scheduler.stats()`."""
+        """Gauges after a step; `stats` is the `Scheduler` (its counting properties)."""
         self._gauge("tritium_requests_running", "Sequences in the running batch", stats.num_running)
         self._gauge("tritium_requests_waiting", "Sequences waiting for admission", stats.num_waiting)
         self._counter(
@@ -48,8 +48,8 @@ class EngineMetrics:
         )
         self._gauge("tritium_kv_blocks_used", "KV cache blocks in use", stats.num_used_blocks)
         self._gauge("tritium_kv_blocks_total", "KV cache blocks in all", stats.num_total_blocks)
-        queries = stats.prefix_cache_query_tokens
-        hits = stats.prefix_cache_hit_tokens
+        queries = stats.prefix_cache_queries
+        hits = stats.prefix_cache_hits
         self._gauge(
             "tritium_prefix_cache_hit_rate",
             "Prompt tokens found in the prefix cache / prompt tokens looked up",

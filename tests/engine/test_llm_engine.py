@@ -118,7 +118,7 @@ def test_staggered_greedy_batch_equals_transformers_alone(
         expected = _hf_greedy(default_weights_dir, prompt_ids, 32, eos)
         assert _token_ids(outputs[key]) == expected, f"prompt {key}: {PROMPTS[key]!r}"
         assert outputs[key][-1].finished
-    assert engine.scheduler.num_used_blocks() == 0 or engine.scheduler.num_running() == 0
+    assert engine.scheduler.num_used_blocks == 0 or engine.scheduler.num_running == 0
 
 
 def test_prefix_cache_computes_only_new_tokens(engine: LLMEngine) -> None:
@@ -130,10 +130,10 @@ def test_prefix_cache_computes_only_new_tokens(engine: LLMEngine) -> None:
                                messages=[{"role": "system", "content": system},
                                          {"role": "user", "content": "Goodbye!"}])
     _run(engine, {0: [(1000, first)]})
-    hits_before = engine.scheduler.prefix_cache_hits()
+    hits_before = engine.scheduler.prefix_cache_hits
     prepared = engine.prepare(second)
     _run(engine, {0: [(1001, second)]})
-    hit_tokens = engine.scheduler.prefix_cache_hits() - hits_before
+    hit_tokens = engine.scheduler.prefix_cache_hits - hits_before
     block_size = engine.config.cache.block_size
     shared = 0
     for a, b in zip(engine.prepare(first).prompt_token_ids, prepared.prompt_token_ids, strict=False):
@@ -149,11 +149,11 @@ def test_abort_frees_blocks_within_one_step(engine: LLMEngine) -> None:
     engine.add_request(2000, engine.prepare(request))
     for _ in range(5):
         engine.step()
-    assert engine.scheduler.num_running() == 1
+    assert engine.scheduler.num_running == 1
     engine.abort(2000)
     engine.step()
-    assert engine.scheduler.num_running() == 0
-    assert engine.scheduler.num_used_blocks() == 0
+    assert engine.scheduler.num_running == 0
+    assert engine.scheduler.num_used_blocks == 0
     assert not engine.has_unfinished()
 
 
