@@ -73,8 +73,10 @@ class LLMEngine:
             prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=True)
         if not prompt_token_ids:
             raise RequestError("the prompt is empty", "text_input")
-        max_model_len = self.config.scheduler.max_model_len
-        max_tokens = request.params.max_tokens or max_model_len - len(prompt_token_ids)
+        # Without max_tokens a sequence may grow to the context or the whole cache, not beyond.
+        cache = self.config.cache
+        room = min(self.config.scheduler.max_model_len, cache.num_blocks * cache.block_size)
+        max_tokens = request.params.max_tokens or room - len(prompt_token_ids)
         try:
             self.scheduler.check_fits(len(prompt_token_ids), max(max_tokens, 1))
         except RequestTooLargeError as error:

@@ -1,38 +1,34 @@
 """Continuous-batching scheduler: which tokens of which sequences are computed each step.
 
-Pure Python (no torch). The one idea: every sequence's `num_computed_tokens` catches up
-with its `num_tokens`. A step gives each chosen sequence a chunk of positions
-`[start, start + num_new_tokens)`; prefill, chunked prefill, decode (one token), prefix
-hits (start > 0 at admission) and recompute after preemption are all the same thing.
+Pure Python (no torch). The one idea: each sequence's `num_computed_tokens` catches up
+with its `num_tokens`. A step gives a sequence a chunk of positions [start, end); prefill,
+chunked prefill, decode, prefix hits (start > 0 at admission) and recompute after
+preemption are all that. The engine's step, and the only order the calls may come in:
 
-The engine loop, one step:
+    output = scheduler.schedule()   # sets seq.num_computed_tokens = chunk.end (optimistic)
+    runner.run(output.chunks)       # writes every chunk's KV; logits where chunk.sample
+    scheduler.step_done(output)     # KV written: cache full blocks, admit n > 1 siblings
+    append sampled tokens; scheduler.finish(seq, status) on a stop; scheduler.abort(...)
 
-    output = scheduler.schedule()      # sets seq.num_computed_tokens = start + num_new_tokens
-    runner.run(output)                 # writes the KV of every chunk; logits where chunk.sample
-    scheduler.step_done(output)        # KV is written: cache full blocks, release n>1 siblings
-    for chunk in output.chunks:        # post-process: append sampled tokens, check stops
-        if chunk.sample: append token; maybe scheduler.finish(chunk.seq, status)
-    scheduler.abort(request_id)        # cancellations, between steps
+`finish` / `abort` belong between `step_done` and the next `schedule` (if the runner
+fails: abort the affected requests, then `step_done(output)` to close the step).
 
-Call `finish` / `abort` only between `step_done` and the next `schedule` (if the runner
-fails, abort the affected requests, then call `step_done(output)` to close the step).
-
-Order within a step: running decodes, then running chunked prefills (each oldest first),
-then waiting sequences FCFS, without overtaking, while the token budget, max_num_seqs and
-free blocks allow (none in a step that preempted). A running sequence that cannot grow
+Per step: running decodes, then running chunked prefills (each oldest first), then
+waiting sequences FCFS without overtaking, while the token budget, max_num_seqs and free
+blocks allow (none in a step that preempted). A running sequence that cannot grow
 preempts the newest running ones not yet scheduled this step; when none are left, a
 prefill chunk shrinks to what fits, else the sequence preempts itself. Preemption is by
-recompute: blocks freed (full computed ones stay in the prefix cache), status WAITING,
-num_computed_tokens 0, front of the waiting queue; its token ids (prompt + outputs so far)
-are recomputed like a prompt, and `sample` is only set on the chunk that reaches
-num_tokens, so no token is sampled twice. Progress: admission rejects what alone would
-not fit the whole cache, and a sequence only yields to older ones or to decodes scheduled
-ahead of it (which end within max_tokens), so the oldest one always completes.
+recompute: blocks freed (full computed ones stay in the prefix cache), WAITING,
+num_computed_tokens 0, front of the queue; its prompt + outputs are recomputed like a
+prompt, and `sample` is set only on the chunk reaching num_tokens, so no token is sampled
+twice. Progress: admission rejects what alone would not fit the whole cache, and a
+sequence only yields to older ones or to decodes scheduled ahead of it (which end within
+max_tokens), so the oldest sequence always completes.
 
 n > 1: the siblings of a request (same request_id) are held back until the first one's
-prompt KV is computed and its full blocks are in the prefix cache; then they are admitted
-and share those blocks (ref counts, no copies), recomputing at most the last partial
-block. With prefix caching disabled, siblings are scheduled like any other sequence.
+prompt KV is in the prefix cache, then admitted to share those blocks (ref counts, no
+copies), recomputing at most the last partial block. Without prefix caching they are
+scheduled like any other sequences.
 """
 
 from __future__ import annotations
@@ -187,7 +183,8 @@ class Scheduler:
                 chunks.append(self._advance(seq, num_new_tokens))
                 scheduled.add(seq.seq_id)
                 budget -= num_new_tokens
-        if not preempted:  # after a preemption, newcomers would only take blocks back
+        # After a preemption newcomers would take the blocks back (or readmit the victim).
+        if not preempted:
             budget = self._admit_waiting(budget, chunks)
         output = SchedulerOutput(chunks, preempted, self.config.max_num_batched_tokens - budget)
         self._in_flight = output if chunks else None
