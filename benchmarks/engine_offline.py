@@ -1,0 +1,200 @@
+"""Offline engine benchmark: the engine alone (no Triton, no HTTP) against Hugging Face.
+
+    .venv/bin/python -m benchmarks.engine_offline --output benchmarks/results/engine_offline
+
+64 requests of 128 random prompt tokens each generate 128 tokens (ignore_eos, greedy) on
+the default model, with max_num_seqs 1, 8, 32 and 64, side by side in one run with
+transformers `generate` one request at a time and in left-padded batches. The machine's
+fp32 and bf16 matmul ceilings are measured in the same run, and the engine's achieved
+FLOP rate is reported as a share of the fp32 one (the CPU path runs in fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from engine.api import GenerationRequest
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine, PreparedRequest
+from engine.sampling_params import SamplingParams
+
+DEFAULT_MAX_NUM_SEQS = (1, 8, 32, 64)
+
+
+@dataclass(frozen=True)
+class Result:
+    system: str  # what ran: "tritium max_num_seqs=32", "hf sequential", ...
+    num_requests: int
+    output_tokens: int
+    seconds: float
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds
+
+
+def synthetic_prompts(num_requests: int, input_len: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    """Random token ids (never special tokens at the low end of the vocabulary), reproducible."""
+    rng = random.Random(seed)
+    return [[rng.randrange(1000, vocab_size) for _ in range(input_len)] for _ in range(num_requests)]
+
+
+def run_engine(
+    weights_dir: Path, prompts: list[list[int]], output_len: int, max_num_seqs: int
+) -> Result:
+    parameters = {
+        "max_num_seqs": str(max_num_seqs),
+        "max_num_batched_tokens": str(max(512, max_num_seqs)),
+        "max_model_len": "2048",
+        "kv_cache_memory_mb": "1024",
+        "dtype": "float32",
+    }
+    engine = LLMEngine(EngineConfig.from_parameters(weights_dir, parameters))
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    _generate(engine, [prompts[0][:16]], params)  # warm-up: first-call allocations
+    start = time.perf_counter()
+    output_tokens = _generate(engine, prompts, params)
+    return Result(f"tritium max_num_seqs={max_num_seqs}", len(prompts), output_tokens,
+                  time.perf_counter() - start)
+
+
+def _generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> int:
+    for key, prompt in enumerate(prompts):
+        request = GenerationRequest(request_id=str(key), params=params, prompt="")
+        engine.add_request(key, PreparedRequest(request, prompt, "", params.max_tokens or 1))
+    output_tokens = 0
+    while engine.has_unfinished():
+        for _, output in engine.step():
+            if output.finished:
+                output_tokens += sum(choice.num_output_tokens for choice in output.choices)
+    return output_tokens
+
+
+def run_hf(weights_dir: Path, prompts: list[list[int]], output_len: int, batch_size: int) -> Result:
+    """transformers generate, greedy, exactly output_len tokens, left-padded batches."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=torch.float32).eval()
+    pad = model.config.eos_token_id
+
+    def generate(batch: list[list[int]]) -> int:
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        out = model.generate(
+            ids, attention_mask=mask, max_new_tokens=output_len, min_new_tokens=output_len,
+            do_sample=False, pad_token_id=pad,
+        )
+        return (out.shape[1] - width) * len(batch)
+
+    with torch.inference_mode():
+        generate([prompts[0][:16]])  # warm-up
+        start = time.perf_counter()
+        output_tokens = sum(
+            generate(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)
+        )
+    name = "hf sequential" if batch_size == 1 else f"hf batched (batch {batch_size})"
+    return Result(name, len(prompts), output_tokens, time.perf_counter() - start)
+
+
+def matmul_ceiling(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Sustained GFLOP/s of a square matmul: the machine's practical ceiling for this dtype."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def flops_per_token(weights_dir: Path) -> float:
+    """Matmul FLOPs of one decoded token (2 per weight of the linear layers + lm_head)."""
+    config = json.loads((weights_dir / "config.json").read_text())
+    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    attention = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
+    mlp = 3 * hidden * inter
+    return 2.0 * (layers * (attention + mlp) + hidden * config["vocab_size"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help="a packaged model's weights/ (default: the default model, packaged on demand)")
+    parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--max-num-seqs", type=int, nargs="+", default=list(DEFAULT_MAX_NUM_SEQS))
+    parser.add_argument("--hf-sequential-requests", type=int, default=8,
+                        help="requests for the sequential HF baseline (its rate is per request)")
+    parser.add_argument("--hf-batch-size", type=int, default=32)
+    parser.add_argument("--output", type=Path, default=None, help="write <output>.json and <output>.md")
+    args = parser.parse_args(argv)
+
+    weights_dir = args.weights_dir or _default_weights_dir()
+    vocab_size = json.loads((weights_dir / "config.json").read_text())["vocab_size"]
+    prompts = synthetic_prompts(args.num_requests, args.input_len, vocab_size)
+    ceilings = {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)}
+    results = [run_hf(weights_dir, prompts[: args.hf_sequential_requests], args.output_len, 1),
+               run_hf(weights_dir, prompts, args.output_len, args.hf_batch_size)]
+    for max_num_seqs in args.max_num_seqs:
+        results.append(run_engine(weights_dir, prompts, args.output_len, max_num_seqs))
+        print(_row(results[-1], results[0]), flush=True)
+    report = _report(args, results, ceilings, flops_per_token(weights_dir))
+    print(report)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"machine": _machine(), "ceilings_gflops": ceilings,
+                   "results": [dict(asdict(r), output_tokens_per_s=r.output_tokens_per_s) for r in results]}
+        args.output.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+        args.output.with_suffix(".md").write_text(report)
+
+
+def _default_weights_dir() -> Path:
+    from engine.package import package_model
+
+    cache = Path(__file__).resolve().parents[1] / ".cache" / "models"
+    return package_model("default", "smollm2-135m-instruct", cache, progress=False) / "weights"
+
+
+def _row(result: Result, sequential: Result) -> str:
+    return (f"| {result.system} | {result.num_requests} | {result.output_tokens} | {result.seconds:.1f} | "
+            f"{result.output_tokens_per_s:.1f} | {result.output_tokens_per_s / sequential.output_tokens_per_s:.1f}x |")
+
+
+def _report(args: argparse.Namespace, results: list[Result], ceilings: dict[str, float], flops: float) -> str:
+    lines = [
+        f"Machine: {_machine()}",
+        f"Workload: {args.num_requests} requests, {args.input_len} prompt / {args.output_len} output "
+        "tokens, greedy, ignore_eos; fp32",
+        f"Matmul ceiling (2048^3): fp32 {ceilings['fp32']:.0f} GFLOP/s, bf16 {ceilings['bf16']:.0f} GFLOP/s",
+        "",
+        "| system | requests | output tokens | seconds | output tok/s | vs HF sequential |",
+        "|---|---|---|---|---|---|",
+        *(_row(r, results[0]) for r in results),
+        "",
+        "Engine share of the fp32 ceiling (decode + prefill matmul FLOPs / time):",
+    ]
+    for result in results[2:]:
+        tokens = result.num_requests * (args.input_len + args.output_len)
+        share = tokens * flops / result.seconds / 1e9 / ceilings["fp32"]
+        lines.append(f"- {result.system}: {share:.0%}")
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+if __name__ == "__main__":
+    main()
