@@ -1,0 +1,122 @@
+"""EngineService: the engine thread, submission, cancellation and shutdown (default model)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.api import GenerationOutput, GenerationRequest, RequestError
+from engine.config import EngineConfig
+from engine.sampling_params import SamplingParams
+from engine.serving import EngineService
+
+
+class RecordingSink:
+    def __init__(self, cancel_after: int | None = None, fail_send: bool = False) -> None:
+        self.outputs: list[GenerationOutput] = []
+        self.cancel_after = cancel_after
+        self.fail_send = fail_send
+        self.done = threading.Event()
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.outputs) >= self.cancel_after
+
+    def send(self, output: GenerationOutput) -> None:
+        if self.fail_send:
+            self.done.set()
+            raise ConnectionError("the client is gone")
+        self.outputs.append(output)
+        if output.finished:
+            self.done.set()
+
+
+@pytest.fixture(scope="module")
+def service(default_weights_dir: Path) -> EngineService:
+    parameters = {"max_model_len": "512", "max_num_seqs": "4", "kv_cache_memory_mb": "32"}
+    service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
+    service.start()
+    yield service
+    service.shutdown()
+
+
+def _request(max_tokens: int, stream: bool = True, **params: object) -> GenerationRequest:
+    return GenerationRequest(
+        request_id="t",
+        params=SamplingParams(temperature=0.0, max_tokens=max_tokens, **params),
+        prompt="Once upon a time",
+        stream=stream,
+        include_input=True,
+    )
+
+
+def _wait_idle(service: EngineService) -> None:
+    deadline = time.monotonic() + 10
+    while service.engine.scheduler.num_running or service.engine.has_unfinished():
+        assert time.monotonic() < deadline, "the engine did not go idle"
+        time.sleep(0.05)
+
+
+def test_streamed_and_whole_outputs_agree(service: EngineService) -> None:
+    streamed, whole = RecordingSink(), RecordingSink()
+    service.submit(_request(12), streamed)
+    service.submit(_request(12, stream=False), whole)
+    assert streamed.done.wait(60) and whole.done.wait(60)
+    assert len(whole.outputs) == 1 and whole.outputs[0].finished
+    text = "".join(c.text for o in streamed.outputs for c in o.choices)
+    assert text.startswith("Once upon a time")  # include_input: the prompt is echoed first
+    assert text == whole.outputs[0].choices[0].text
+    assert whole.outputs[0].choices[0].num_output_tokens == 12
+    assert whole.outputs[0].choices[0].finish_reason == "length"
+    assert streamed.outputs[-1].num_input_tokens == whole.outputs[0].num_input_tokens > 0
+
+
+def test_cancelled_request_leaves_the_engine(service: EngineService) -> None:
+    sink = RecordingSink(cancel_after=2)
+    service.submit(_request(400, ignore_eos=True), sink)
+    deadline = time.monotonic() + 30
+    while len(sink.outputs) < 2:
+        assert time.monotonic() < deadline, "no output"
+        time.sleep(0.01)
+    _wait_idle(service)
+    assert 2 <= len(sink.outputs) < 400 and not sink.outputs[-1].finished
+    assert service.engine.scheduler.num_used_blocks == 0
+
+
+def test_failed_send_aborts_the_request(service: EngineService) -> None:
+    sink = RecordingSink(fail_send=True)
+    service.submit(_request(400, ignore_eos=True), sink)
+    assert sink.done.wait(30)
+    _wait_idle(service)
+    assert service.engine.scheduler.num_used_blocks == 0
+
+
+def test_bad_requests_fail_at_submit(service: EngineService) -> None:
+    with pytest.raises(RequestError, match="context length") as error:
+        service.submit(_request(600), RecordingSink())
+    assert error.value.triton_message.startswith("context length: ")
+    bad_bias = GenerationRequest("b", SamplingParams(logit_bias={10**6: 1.0}), prompt="x")
+    with pytest.raises(RequestError, match="logit_bias"):
+        service.submit(bad_bias, RecordingSink())
+    bad_messages = GenerationRequest("m", SamplingParams(), messages=[{"role": "tool", "content": "x"}])
+    with pytest.raises(RequestError) as error:
+        service.submit(bad_messages, RecordingSink())
+    assert error.value.field is not None and error.value.field.startswith("messages")
+
+
+def test_shutdown_fails_what_is_still_running(default_weights_dir: Path) -> None:
+    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16"}
+    service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
+    service.start()
+    sinks = [RecordingSink() for _ in range(3)]
+    for sink in sinks:
+        service.submit(_request(300, ignore_eos=True), sink)
+    time.sleep(0.5)
+    service.shutdown()
+    for sink in sinks:  # nothing is left hanging: every request got a final response
+        assert sink.done.is_set()
+        assert sink.outputs[-1].finished and sink.outputs[-1].error == "the model is shutting down"
+    with pytest.raises(RequestError, match="shutting down"):
+        service.submit(_request(4), RecordingSink())
