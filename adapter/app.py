@@ -1,8 +1,8 @@
 """The app factory: `create_app(config, triton_factory=...)`.
 
 The lifespan owns the Triton client(s): built at startup by `triton_factory`
-(default: `Backends.from_config`, one gRPC client per URL), closed at shutdown.
-Tests pass a factory that returns a fake backend.
+(default: `adapter.backends.Backends.from_config`, one gRPC client per URL), closed
+at shutdown. Tests pass a factory that returns a fake backend.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from adapter.backends import Backends, EndpointStats
 from adapter.config import AdapterConfig
 from adapter.contract import TritonBackend
 from adapter.dependencies import (
@@ -31,10 +32,22 @@ TritonFactory = Callable[[AdapterConfig], TritonBackend]
 
 
 def default_triton_factory(config: AdapterConfig) -> TritonBackend:
-    # Imported here so that building an app with a fake never touches gRPC.
-    from adapter.triton_client import Backends
+    return Backends.from_config(config)  # imports gRPC only now: fakes never touch it
 
-    return Backends.from_config(config)
+
+def _metrics(backend: TritonBackend, limiter: ConcurrencyLimiter) -> AdapterMetrics:
+    if not isinstance(backend, Backends):  # a test fake: no endpoints to report
+        return AdapterMetrics(in_flight=lambda: limiter.in_flight)
+
+    def per_endpoint(value: Callable[[EndpointStats], float]) -> Callable[[], dict]:
+        return lambda: {(stats.url,): value(stats) for stats in backend.endpoint_stats()}
+
+    return AdapterMetrics(
+        in_flight=lambda: limiter.in_flight,
+        endpoint_in_flight=per_endpoint(lambda stats: stats.in_flight),
+        endpoint_requests=per_endpoint(lambda stats: stats.requests),
+        endpoint_healthy=per_endpoint(lambda stats: float(stats.healthy)),
+    )
 
 
 def create_app(
@@ -51,7 +64,7 @@ def create_app(
             backend=backend,
             catalog=ModelCatalog(backend),
             limiter=limiter,
-            metrics=AdapterMetrics(in_flight=lambda: limiter.in_flight),
+            metrics=_metrics(backend, limiter),
         )
         try:
             yield

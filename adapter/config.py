@@ -51,8 +51,12 @@ class AdapterConfig:
         if not self.triton_urls:
             raise ConfigError("triton_urls: give at least one Triton gRPC endpoint (host:port)")
         for url in self.triton_urls:
-            if "://" in url or ":" not in url:
-                raise ConfigError(f"triton_urls: expected host:port (gRPC), got {url!r}")
+            # dns:///NAME:PORT = every address of NAME (a headless Service); see adapter.discovery
+            address = url.removeprefix("dns:///")
+            if "://" in address or ":" not in address:
+                raise ConfigError(
+                    f"triton_urls: expected host:port or dns:///name:port (gRPC), got {url!r}"
+                )
         if any(not key for key in self.api_keys):
             raise ConfigError("api_keys: keys must not be empty strings")
         _check_positive("max_body_bytes", self.max_body_bytes)

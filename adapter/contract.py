@@ -54,14 +54,19 @@ class GenerateInputs:
     """One generation request, already validated by the route."""
 
     request_id: str
-    # Exactly one of text_input / messages is set.
+    # Exactly one of text_input / messages / input_ids is set.
     text_input: str | None = None
     # Chat messages as sent to the model: [{"role", "content": str, "name"?}].
     messages: list[dict[str, str]] | None = None
+    # A prompt given as token ids (completions); sent as the INT64 [-1] tensor `input_ids`.
+    input_ids: list[int] | None = None
     stream: bool = True
     # The `sampling_parameters` JSON object (only fields the user set).
     sampling_parameters: dict[str, Any] = field(default_factory=dict)
     return_logprobs: bool = False
+    # The model prepends the prompt's text to each choice (exclude_input_in_output=false):
+    # echo of a token-id prompt, whose text only the model's tokenizer knows.
+    include_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class ModelInfo:
     max_model_len: int | None = None
     supports_chat: bool = True  # the model has a `messages` input
     supports_completions: bool = True  # the model has a `text_input` input
+    supports_token_ids: bool = True  # the model has an `input_ids` input
     owned_by: str = "tritium"
 
 

@@ -93,11 +93,39 @@ class Histogram:
             yield f"{self.name}_count{_labels(self.label_names, labels)} {cumulative}"
 
 
-Metric = Counter | Gauge | Histogram
+class LabeledGauge:
+    """Values per label set, all read at scrape time."""
+
+    kind = "gauge"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        label_names: tuple[str, ...],
+        read: Callable[[], dict[LabelValues, float]],
+    ) -> None:
+        self.name, self.help_text, self.label_names, self.read = name, help_text, label_names, read
+
+    def samples(self) -> Iterable[str]:
+        for labels, value in sorted(self.read().items()):
+            yield f"{self.name}{_labels(self.label_names, labels)} {_number(value)}"
+
+
+Metric = Counter | Gauge | Histogram | LabeledGauge
+
+# Per Triton endpoint: (url,) -> value; see adapter.backends.EndpointStats.
+EndpointValues = Callable[[], dict[LabelValues, float]]
 
 
 class AdapterMetrics:
-    def __init__(self, in_flight: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        in_flight: Callable[[], float],
+        endpoint_in_flight: EndpointValues = dict,
+        endpoint_requests: EndpointValues = dict,
+        endpoint_healthy: EndpointValues = dict,
+    ) -> None:
         prefix = "tritium_adapter_"
         self.requests = Counter(
             prefix + "requests_total",
@@ -123,6 +151,27 @@ class AdapterMetrics:
         self.in_flight = Gauge(
             prefix + "generation_requests_in_flight", "Generation requests being served.", in_flight
         )
+        # How requests spread over the Triton endpoints (least-outstanding routing).
+        self.endpoints = [
+            LabeledGauge(
+                prefix + "triton_requests_in_flight",
+                "Generation requests running on each Triton endpoint.",
+                ("url",),
+                endpoint_in_flight,
+            ),
+            LabeledGauge(
+                prefix + "triton_requests",
+                "Generation requests sent to each Triton endpoint since start.",
+                ("url",),
+                endpoint_requests,
+            ),
+            LabeledGauge(
+                prefix + "triton_endpoint_healthy",
+                "1 if the Triton endpoint answered its last check, else 0.",
+                ("url",),
+                endpoint_healthy,
+            ),
+        ]
         self.all: list[Metric] = [
             self.requests,
             self.request_duration,
@@ -130,6 +179,7 @@ class AdapterMetrics:
             self.prompt_tokens,
             self.completion_tokens,
             self.in_flight,
+            *self.endpoints,
         ]
 
     def render(self) -> str:

@@ -233,13 +233,22 @@ class CompletionRequest(SamplingRequest):
         if self.echo and self.logprobs is not None:
             raise NotSupported("echo", "echo together with logprobs (prompt logprobs)")
 
-    def prompts(self) -> list[str]:
-        """The text prompts; token-id prompts are rejected (the contract has no token input)."""
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: its text, or its token ids (a list of ints is one prompt)."""
         prompt = self.prompt
         if isinstance(prompt, str):
             return [prompt]
         if not prompt:
             raise InvalidRequest("prompt must not be an empty list", param="prompt")
-        if all(isinstance(item, str) for item in prompt):
-            return list(prompt)  # type: ignore[arg-type]
-        raise NotSupported("prompt", "token-id prompts", plural=True)
+        if all(isinstance(item, int) for item in prompt):
+            prompts: list[str | list[int]] = [list(prompt)]  # type: ignore[arg-type]
+        else:
+            prompts = list(prompt)  # type: ignore[arg-type]
+        for position, item in enumerate(prompts):
+            if isinstance(item, list) and not item:
+                raise InvalidRequest(
+                    f"prompt {position} is an empty list of token ids", param="prompt"
+                )
+            if isinstance(item, list) and any(token_id < 0 for token_id in item):
+                raise InvalidRequest("token ids must be >= 0", param="prompt")
+        return prompts

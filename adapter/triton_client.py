@@ -1,9 +1,9 @@
 """Triton over gRPC: one bidirectional stream per generation request.
 
-`TritonClient` wraps `tritonclient.grpc.aio.InferenceServerClient` for one endpoint;
-`Backends` spreads requests over several endpoints (least requests in flight).
-Both implement `adapter.contract.TritonBackend`; the tensor contract they speak
-is documented in `adapter.contract` and docs/api.md.
+`TritonClient` wraps `tritonclient.grpc.aio.InferenceServerClient` for one endpoint
+and implements `adapter.contract.TritonBackend` (`adapter.backends.Backends` spreads
+requests over several). The tensor contract it speaks is documented in
+`adapter.contract` and docs/api.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,7 +20,6 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from adapter.config import AdapterConfig
 from adapter.contract import (
     ChoiceDelta,
     GenerateInputs,
@@ -28,7 +27,6 @@ from adapter.contract import (
     ModelInfo,
     TokenLogprobs,
     TopLogprob,
-    TritonBackend,
 )
 from adapter.errors import (
     APIError,
@@ -83,7 +81,7 @@ def error_from_grpc(error: grpc.aio.AioRpcError | InferenceServerException, mode
 
 
 def build_inputs(inputs: GenerateInputs) -> list[grpcclient.InferInput]:
-    """The request tensors of the contract (all shape [1])."""
+    """The request tensors of the contract (shape [1], but input_ids [num_tokens])."""
     tensors: list[grpcclient.InferInput] = []
 
     def add(name: str, value: str | bool) -> None:
@@ -95,12 +93,16 @@ def build_inputs(inputs: GenerateInputs) -> list[grpcclient.InferInput]:
 
     if inputs.messages is not None:
         add("messages", json.dumps(inputs.messages, ensure_ascii=False))
+    elif inputs.input_ids is not None:
+        token_ids = grpcclient.InferInput("input_ids", [len(inputs.input_ids)], "INT64")
+        token_ids.set_data_from_numpy(np.array(inputs.input_ids, dtype=np.int64))
+        tensors.append(token_ids)
     else:
         add("text_input", inputs.text_input or "")
     add("stream", inputs.stream)
     add("sampling_parameters", json.dumps(inputs.sampling_parameters, ensure_ascii=False))
+    add("exclude_input_in_output", not inputs.include_input)
     for flag in (
-        "exclude_input_in_output",
         "return_finish_reason",
         "return_num_input_tokens",
         "return_num_output_tokens",
@@ -236,6 +238,7 @@ class TritonClient:
             max_model_len=int(length) if length and length.isdigit() else None,
             supports_chat="messages" in input_names,
             supports_completions="text_input" in input_names,
+            supports_token_ids="input_ids" in input_names,
         )
 
     async def is_ready(self) -> bool:
@@ -246,47 +249,3 @@ class TritonClient:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-class Backends:
-    """Several endpoints serving the same model repository; least-loaded routing."""
-
-    def __init__(self, backends: Sequence[TritonBackend]) -> None:
-        if not backends:
-            raise ValueError("Backends needs at least one backend")
-        self.backends = list(backends)
-        self.in_flight = [0] * len(self.backends)
-
-    @classmethod
-    def from_config(cls, config: AdapterConfig) -> Backends:
-        return cls([TritonClient(url, config.request_timeout_s) for url in config.triton_urls])
-
-    async def generate(
-        self, model: str, inputs: GenerateInputs
-    ) -> AsyncGenerator[GenerateOutput, None]:
-        slot = min(range(len(self.backends)), key=self.in_flight.__getitem__)
-        self.in_flight[slot] += 1
-        stream = self.backends[slot].generate(model, inputs)
-        try:
-            async for output in stream:
-                yield output
-        finally:
-            self.in_flight[slot] -= 1
-            await stream.aclose()  # now, not at garbage collection: it cancels the request
-
-    async def list_models(self) -> list[ModelInfo]:
-        error: APIError | None = None
-        for backend in self.backends:
-            try:
-                return await backend.list_models()
-            except APIError as failure:
-                error = failure
-        assert error is not None
-        raise error
-
-    async def is_ready(self) -> bool:
-        results = await asyncio.gather(*(backend.is_ready() for backend in self.backends))
-        return any(results)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(backend.close() for backend in self.backends))

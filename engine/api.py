@@ -35,6 +35,7 @@ class GenerationRequest:
     params: SamplingParams
     prompt: str | None = None  # raw prompt (text_input)
     messages: list[dict[str, Any]] | None = None  # chat messages, templated by the model
+    prompt_token_ids: list[int] | None = None  # a prompt already tokenized (input_ids)
     stream: bool = False  # send deltas every step; else one response at the end
     # Prepend the prompt text to each choice's output (Triton vLLM-backend semantics; echo).
     include_input: bool = False
@@ -49,10 +50,13 @@ class GenerationRequest:
         messages: str | None,
         sampling_parameters: str | None,
         flags: dict[str, bool],
+        input_ids: list[int] | None = None,
     ) -> GenerationRequest:
         """Build from the tensor contract's inputs; every error names the input or field."""
-        if (text_input is None) == (messages is None):
-            raise RequestError("exactly one of the inputs text_input and messages is required")
+        if sum(value is not None for value in (text_input, messages, input_ids)) != 1:
+            raise RequestError(
+                "exactly one of the inputs text_input, messages and input_ids is required"
+            )
         parsed_messages = None
         if messages is not None:
             try:
@@ -74,6 +78,7 @@ class GenerationRequest:
             params=params,
             prompt=text_input,
             messages=parsed_messages,
+            prompt_token_ids=input_ids,
             stream=flags.get("stream", False),
             include_input=not flags.get("exclude_input_in_output", False),
             flags=dict(flags),

@@ -68,11 +68,16 @@ class LLMEngine:
             except ValueError as error:  # the template itself refused the conversation
                 raise RequestError(str(error), "messages") from None
             prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=False)
+        elif request.prompt_token_ids is not None:
+            prompt_token_ids = self._checked_token_ids(request.prompt_token_ids)
+            # Special tokens kept: echo returns what the ids say, BOS included.
+            prompt_text = self.tokenizer.decode(prompt_token_ids, skip_special_tokens=False)
         else:
             prompt_text = request.prompt or ""
             prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=True)
         if not prompt_token_ids:
-            raise RequestError("the prompt is empty", "text_input")
+            field = "prompt" if request.prompt_token_ids is not None else "text_input"
+            raise RequestError("the prompt is empty", field)
         # Without max_tokens a sequence may grow to the context or the whole cache, not beyond.
         cache = self.config.cache
         room = min(self.config.scheduler.max_model_len, cache.num_blocks * cache.block_size)
@@ -86,6 +91,16 @@ class LLMEngine:
             if token_id >= vocab_size:
                 raise RequestError(f"token id {token_id} is not below the vocabulary size {vocab_size}", "logit_bias")
         return PreparedRequest(request, prompt_token_ids, prompt_text, max_tokens)
+
+    def _checked_token_ids(self, token_ids: list[int]) -> list[int]:
+        # The error names `prompt`: the OpenAI field the ids came from.
+        vocab_size = self.config.model.vocab_size
+        for token_id in token_ids:
+            if not 0 <= token_id < vocab_size:
+                raise RequestError(
+                    f"token id {token_id} is not in [0, {vocab_size}) (the vocabulary)", "prompt"
+                )
+        return list(token_ids)
 
     # -- engine thread ---------------------------------------------------------------------
     def add_request(self, key: int, prepared: PreparedRequest) -> None:

@@ -236,15 +236,16 @@ def _convert_gguf(gguf_path: Path, target: Path, progress: bool) -> None:
 def render_config_pbtxt(name: str, model: ModelConfig, parameters: dict[str, str]) -> str:
     """The Triton model configuration: the tensor contract plus the engine's parameters."""
     inputs = [
-        ("text_input", "TYPE_STRING"),
-        ("messages", "TYPE_STRING"),
-        ("stream", "TYPE_BOOL"),
-        ("sampling_parameters", "TYPE_STRING"),
-        ("exclude_input_in_output", "TYPE_BOOL"),
-        ("return_finish_reason", "TYPE_BOOL"),
-        ("return_num_input_tokens", "TYPE_BOOL"),
-        ("return_num_output_tokens", "TYPE_BOOL"),
-        ("return_logprobs", "TYPE_BOOL"),
+        ("text_input", "TYPE_STRING", "1"),
+        ("messages", "TYPE_STRING", "1"),
+        ("input_ids", "TYPE_INT64", "-1"),  # a prompt as token ids (completions)
+        ("stream", "TYPE_BOOL", "1"),
+        ("sampling_parameters", "TYPE_STRING", "1"),
+        ("exclude_input_in_output", "TYPE_BOOL", "1"),
+        ("return_finish_reason", "TYPE_BOOL", "1"),
+        ("return_num_input_tokens", "TYPE_BOOL", "1"),
+        ("return_num_output_tokens", "TYPE_BOOL", "1"),
+        ("return_logprobs", "TYPE_BOOL", "1"),
     ]
     outputs = [
         ("text_output", "TYPE_STRING", "-1"),
@@ -263,7 +264,8 @@ def render_config_pbtxt(name: str, model: ModelConfig, parameters: dict[str, str
         "",
         "input [",
         ",\n".join(
-            f'  {{ name: "{n}" data_type: {t} dims: [ 1 ] optional: true }}' for n, t in inputs
+            f'  {{ name: "{n}" data_type: {t} dims: [ {d} ] optional: true }}'
+            for n, t, d in inputs
         ),
         "]",
         "output [",

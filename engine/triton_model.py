@@ -77,11 +77,16 @@ def _parse_request(request: Any) -> GenerationRequest:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         return None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
 
+    def token_ids_input(name: str) -> list[int] | None:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        return None if tensor is None else [int(v) for v in tensor.as_numpy().reshape(-1)]
+
     flags = {name: bool_input(name) for name in BOOL_INPUTS}
     return GenerationRequest.from_contract(
         request_id=request.request_id() or "",
         text_input=string_input("text_input"),
         messages=string_input("messages"),
+        input_ids=token_ids_input("input_ids"),
         sampling_parameters=string_input("sampling_parameters"),
         flags={name: value for name, value in flags.items() if value is not None},
     )

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from adapter.contract import GenerateInputs, TokenLogprobs
 from adapter.dependencies import State, find_model
-from adapter.errors import request_id_of
+from adapter.errors import InvalidRequest, request_id_of
 from adapter.generation import Delta, UsageTally
 from adapter.objects import (
     Completion,
@@ -33,21 +33,31 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     model = await find_model(state, body.model, chat=False)
     parameters = sampling_parameters(body, state.config, model)
     request_id = request_id_of(request)
+    if not model.supports_token_ids and any(isinstance(p, list) for p in prompts):
+        raise InvalidRequest(
+            f"The model '{model.id}' takes no token-id prompts (no 'input_ids' input)",
+            param="prompt",
+        )
     requests = [
         GenerateInputs(
             # One Triton request per prompt; suffix the id so each stays unique in Triton's logs.
             request_id=request_id if len(prompts) == 1 else f"{request_id}-{position}",
-            text_input=prompt,
+            text_input=prompt if isinstance(prompt, str) else None,
+            input_ids=prompt if isinstance(prompt, list) else None,
             stream=bool(body.stream),
             sampling_parameters=parameters,
             return_logprobs=body.logprobs is not None,
+            # Only the model can turn token ids back into text: it echoes those prompts.
+            include_input=bool(body.echo) and isinstance(prompt, list),
         )
         for position, prompt in enumerate(prompts)
     ]
     num_choices = body.n or 1
     run = GenerationRun(state, request, model.id, requests, num_choices)
-    # Text that every choice starts with: its prompt when echo is on.
-    prefixes = [prompts[i // num_choices] if body.echo else "" for i in range(run.total_choices)]
+    # Text that every choice starts with: its prompt when echo is on (text prompts only).
+    prefixes = [
+        _echoed(prompts[i // num_choices]) if body.echo else "" for i in range(run.total_choices)
+    ]
     texts = TextOffsets(prefixes, top=bool(body.logprobs))
     identity = {"id": completion_id("cmpl"), "created": now(), "model": model.id}
     if body.stream:
@@ -71,6 +81,10 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
         usage=run.tally.usage(),
     )
     return JSONResponse(completion.model_dump(mode="json"))
+
+
+def _echoed(prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else ""  # the model echoes token-id prompts
 
 
 class TextOffsets:

@@ -110,8 +110,8 @@ async def test_logprobs_and_text_offset(client: httpx.AsyncClient, fake: FakeTri
         ({"suffix": "end"}, "suffix"),
         ({"best_of": 3}, "best_of"),
         ({"echo": True, "logprobs": 1}, "echo"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
-        ({"prompt": [[1, 2]]}, "prompt"),
+        ({"prompt": [[1, 2], []]}, "prompt"),
+        ({"prompt": [1, -2]}, "prompt"),
         ({"logprobs": 6}, "logprobs"),
     ],
 )
@@ -124,9 +124,28 @@ async def test_unsupported_or_bad_fields(
     assert_error(response, 400, param)
 
 
-async def test_token_id_prompts_say_not_supported(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/completions", json={"model": "org/base", "prompt": [1, 2]})
-    assert "token-id prompts are not supported yet" in assert_error(response, 400)["message"]
+async def test_token_id_prompts_go_to_input_ids(
+    client: httpx.AsyncClient, fake: FakeTriton
+) -> None:
+    body = {"model": "org/base", "prompt": [[1, 2], [3]], "echo": True}
+    response = await client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    sent = [inputs for _model, inputs in fake.calls]
+    assert [inputs.input_ids for inputs in sent] == [[1, 2], [3]]
+    assert all(inputs.text_input is None for inputs in sent)
+    # The adapter cannot detokenize: the model echoes the prompt (exclude_input_in_output=false).
+    assert all(inputs.include_input for inputs in sent)
+    assert [choice["text"] for choice in response.json()["choices"]] == ["Hello world"] * 2
+
+
+async def test_token_id_prompts_need_an_input_ids_input(
+    client: httpx.AsyncClient, fake: FakeTriton
+) -> None:
+    from adapter.contract import ModelInfo
+
+    fake.models = [ModelInfo("text-only", supports_token_ids=False)]
+    response = await client.post("/v1/completions", json={"model": "text-only", "prompt": [1, 2]})
+    assert "input_ids" in assert_error(response, 400, "prompt")["message"]
 
 
 async def test_best_of_equal_to_n_is_fine(client: httpx.AsyncClient) -> None:

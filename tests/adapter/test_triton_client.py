@@ -12,6 +12,7 @@ import pytest
 from tritonclient.grpc import InferResult, service_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, serialize_byte_tensor
 
+from adapter.backends import Backends
 from adapter.contract import GenerateInputs, ModelInfo
 from adapter.errors import (
     InvalidRequest,
@@ -21,7 +22,6 @@ from adapter.errors import (
     TooManyRequests,
 )
 from adapter.triton_client import (
-    Backends,
     TritonClient,
     build_inputs,
     error_from_triton,

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ ENGINE_PARAMETERS = {
 class Stack:
     base_url: str  # the adapter, e.g. http://127.0.0.1:PORT/v1
     triton_http_url: str  # Triton's HTTP endpoint (generate, health)
+    triton_grpc_url: str  # Triton's gRPC endpoint as the adapter takes it (host:port)
     triton_metrics_url: str  # Triton's Prometheus metrics (engine metrics included)
     model: str
     weights_dir: Path
@@ -58,7 +61,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def stack(default_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+def stack(default_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from engine.package import package_model
 
     repository = tmp_path_factory.mktemp("model_repository")
@@ -84,6 +87,7 @@ def stack(default_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     stack = Stack(
         base_url=f"http://127.0.0.1:{port}/v1",
         triton_http_url=f"http://127.0.0.1:{http_port}",
+        triton_grpc_url=f"127.0.0.1:{grpc_port}",
         triton_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         model=DEFAULT_MODEL,
         weights_dir=default_weights_dir,
@@ -94,6 +98,64 @@ def stack(default_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield stack
     finally:
         _stop(process)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A second adapter process in front of the stack's Triton, with its own flags."""
+
+    base_url: str  # e.g. http://127.0.0.1:PORT/v1
+    log_path: Path
+
+
+StartAdapter = Callable[..., Adapter]
+
+
+@pytest.fixture(scope="session")
+def start_adapter(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartAdapter]:
+    """`start_adapter("--api-key", "k", ...)` runs `python -m adapter` with those flags
+    (and `--triton-url <the stack's Triton>` unless they name one); stopped at the end."""
+    with ExitStack() as running:
+
+        def start(*flags: str) -> Adapter:
+            if "--triton-url" not in flags:
+                flags = ("--triton-url", stack.triton_grpc_url, *flags)
+            log_dir = tmp_path_factory.mktemp("adapter")
+            return running.enter_context(_adapter_process(log_dir / "adapter.log", flags))
+
+        yield start
+
+
+@contextmanager
+def _adapter_process(log_path: Path, flags: tuple[str, ...]) -> Iterator[Adapter]:
+    port = free_port()
+    command = [sys.executable, "-m", "adapter", "--host", "127.0.0.1", "--port", str(port), *flags]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    adapter = Adapter(f"http://127.0.0.1:{port}/v1", log_path)
+    try:
+        deadline = time.monotonic() + 60
+        # /health, not /health/ready: some of these adapters point at a dead Triton on purpose.
+        while not _answers(f"http://127.0.0.1:{port}/health"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the adapter did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield adapter
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _wait_ready(stack: Stack, process: subprocess.Popen) -> None:
@@ -118,11 +180,7 @@ def _tail(stack: Stack, lines: int = 60) -> str:
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)  # what Ctrl-C does: serve stops Triton and the adapter
-        try:
+        with suppress(subprocess.TimeoutExpired):
             process.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # anything left in the group is a bug; never leak it
-    except ProcessLookupError:
-        pass

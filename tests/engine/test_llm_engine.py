@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import GenerationOutput, GenerationRequest
+from engine.api import GenerationOutput, GenerationRequest, RequestError
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -180,3 +180,18 @@ def test_n_choices_differ_with_a_seed_and_streamed_text_matches(engine: LLMEngin
             texts[choice.index] += choice.text
     assert texts[0] and texts[1] and texts[0] != texts[1]
     assert outputs[-1].finished
+
+
+def test_token_id_prompts_are_used_as_they_are(engine: LLMEngine) -> None:
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    as_text = engine.prepare(GenerationRequest("text", params, prompt="The capital of France is"))
+    ids = list(as_text.prompt_token_ids)
+    as_ids = engine.prepare(GenerationRequest("ids", params, prompt_token_ids=ids))
+    assert as_ids.prompt_token_ids == ids
+    assert as_ids.prompt_text == engine.tokenizer.decode(ids, skip_special_tokens=False)
+    for bad in ([1, engine.config.model.vocab_size], [-1], []):
+        with pytest.raises(RequestError) as raised:
+            engine.prepare(GenerationRequest("bad", params, prompt_token_ids=bad))
+        assert raised.value.field == "prompt"
+    with pytest.raises(RequestError):  # one prompt input, never two
+        GenerationRequest.from_contract("both", "text", None, None, {}, input_ids=[1])
