@@ -1,12 +1,13 @@
-"""The Triton-kernel backend: `engine.ops.TorchOps`'s four operations on our kernels.
+"""The Triton-kernel backend: `engine.ops.TorchOps`'s operations on our kernels.
 
 The model runner picks `KernelOps` on CUDA (`use_kernels` "auto" / "on") and
-`TorchOps` on CPU. Tests run the whole model forward through `KernelOps` on CPU
-under `TRITON_INTERPRET=1` (set before `triton` is first imported), which is why
-this module imports `kernels` only when it is imported itself.
+`TorchOps` on CPU. Tests run the whole engine step through `KernelOps` on CPU under
+Triton's interpreter (switched on before `kernels` is first imported, see
+tests/kernels/conftest.py), which is why only the kernel backend imports this module.
 
-Beyond the four shared operations, `rope_and_write_kv` fuses RoPE with the cache
-write, and `sample` / `apply_penalties` / `apply_logit_bias` expose the fused sampler.
+Beyond the shared operations (`rope_and_write_kv` here is one pass over the keys),
+`sample` / `apply_penalties` / `apply_logit_bias` / `pack_token_mask` are the fused
+sampler that `engine.sampler.Sampler(fused=...)` drives.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from kernels.attention import paged_attention, write_kv_cache
 from kernels.penalties import apply_logit_bias, apply_penalties
 from kernels.rmsnorm import rms_norm
 from kernels.rope import rope, rope_and_write_kv
-from kernels.sampling import sample
+from kernels.sampling import pack_allowed_mask, sample
 
 
 class KernelOps:
@@ -112,7 +113,12 @@ class KernelOps:
         presence_penalty: torch.Tensor,  # [batch] float32
     ) -> None:
         apply_penalties(
-            logits, output_counts, prompt_mask, repetition_penalty, frequency_penalty, presence_penalty
+            logits,
+            output_counts,
+            prompt_mask,
+            repetition_penalty,
+            frequency_penalty,
+            presence_penalty,
         )
 
     def apply_logit_bias(
@@ -122,3 +128,10 @@ class KernelOps:
         biases: torch.Tensor,  # [batch, max_biases] float32
     ) -> None:
         apply_logit_bias(logits, token_ids, biases)
+
+    def pack_token_mask(
+        self,
+        tokens: torch.Tensor,  # [batch, vocab_size] bool
+    ) -> torch.Tensor:  # [batch, cdiv(vocab_size, 32)] int32: bit j of word w = token 32 w + j
+        """The bitmask layout of `apply_penalties`' prompt mask and `sample`'s allowed mask."""
+        return pack_allowed_mask(tokens)

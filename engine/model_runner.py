@@ -76,7 +76,9 @@ class ModelRunner:
             device=self.device,
         )
         self.kv_caches: list[KVCache] = [(layer[0], layer[1]) for layer in self.kv_cache]
-        self.sampler = Sampler(model_config.vocab_size, model_config.eos_token_ids)
+        # The kernel backend also samples through its fused kernels; TorchOps samples in torch.
+        fused = None if isinstance(self.ops, TorchOps) else self.ops
+        self.sampler = Sampler(model_config.vocab_size, model_config.eos_token_ids, fused=fused)
 
     def _count_blocks(self) -> int:
         cache = self.config.cache

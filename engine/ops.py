@@ -1,9 +1,11 @@
 """The seam between the model and the compute backend.
 
-`engine.models.llama` calls only these four operations for everything that is not
-a plain matmul. `TorchOps` (here) is the CPU / reference backend written with torch;
-`engine.kernel_ops.KernelOps` implements the same methods with Triton kernels on
-CUDA. Both must agree on these contracts:
+`engine.models.llama` calls only `rms_norm`, `rope_and_write_kv` (RoPE, then the
+rotated key and the value into the paged cache) and `attention` for everything that
+is not a plain matmul; `apply_rope` and `write_kv` are its two halves. `TorchOps`
+(here) is the CPU / reference backend written with torch; `engine.kernel_ops.KernelOps`
+implements the same methods with Triton kernels on CUDA. Both must agree on these
+contracts:
 
 - KV cache, per layer: `key_cache` and `value_cache`, each
   [num_blocks, block_size, num_kv_heads, head_dim], in the model dtype. Token slot
@@ -79,6 +81,25 @@ class TorchOps:
         key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
         value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
 
+    def rope_and_write_kv(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        positions: torch.Tensor,  # [num_tokens] int64
+        cos_sin_cache: torch.Tensor,  # [max_positions, head_dim]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        slot_mapping: torch.Tensor,  # [num_tokens] int64
+    ) -> torch.Tensor:  # rotated query [num_tokens, num_heads, head_dim]
+        """`apply_rope`, then `write_kv` of the rotated key; what the model calls.
+
+        KernelOps does both in one pass over the keys; here it is simply the two steps.
+        """
+        query, key = self.apply_rope(query, key, positions, cos_sin_cache)
+        self.write_kv(key, value, key_cache, value_cache, slot_mapping)
+        return query
+
     def attention(
         self,
         query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
@@ -91,7 +112,7 @@ class TorchOps:
 
         New token i of a sequence with query_len new tokens and seq_len context sits at
         position seq_len - query_len + i and attends to keys at positions <= its own.
-        The new tokens' KV must already be written (`write_kv`).
+        The new tokens' KV must already be written (`rope_and_write_kv`).
 
         Decodes (query_len 1) run as one padded batch; longer chunks (prefill)
         run one SDPA call per sequence, so padding never grows with a long prompt.

@@ -80,9 +80,18 @@ class LlamaDecoderLayer(nn.Module):
         query = query.view(num_tokens, self.num_heads, self.head_dim)
         key = key.view(num_tokens, self.num_kv_heads, self.head_dim)
         value = value.view(num_tokens, self.num_kv_heads, self.head_dim)
-        query, key = ops.apply_rope(query, key, metadata.positions, cos_sin_cache)
         key_cache, value_cache = kv_cache
-        ops.write_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
+        # The rotated key goes straight into the cache: the kernel backend never writes it out.
+        query = ops.rope_and_write_kv(
+            query,
+            key,
+            value,
+            metadata.positions,
+            cos_sin_cache,
+            key_cache,
+            value_cache,
+            metadata.slot_mapping,
+        )
         attended = ops.attention(query, key_cache, value_cache, metadata, self.scale)
         hidden = F.linear(attended.reshape(num_tokens, q_size), self.o_proj_weight)
 

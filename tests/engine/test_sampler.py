@@ -1,6 +1,12 @@
-"""Sampler: seeds, filtering distributions, penalties, bias, min_tokens, logprobs."""
+"""Sampler: seeds, filtering distributions, penalties, bias, min_tokens, logprobs.
+
+The tests that take `make_sampler` run here on the torch backend and again on the
+fused kernels in tests/kernels/test_sampler_kernels.py (which needs the interpreter).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -38,20 +44,26 @@ def _logits(rows: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(rows, VOCAB_SIZE, generator=torch.Generator().manual_seed(seed)) * 2
 
 
-def test_greedy_takes_argmax() -> None:
+@pytest.fixture
+def make_sampler() -> Callable[..., Sampler]:
+    """Sampler(vocab_size, eos_token_ids, seed=None) on the backend under test: torch."""
+    return Sampler
+
+
+def test_greedy_takes_argmax(make_sampler: Callable[..., Sampler]) -> None:
     logits = _logits(3)
     seqs = [_seq(SamplingParams(temperature=0.0)) for _ in range(3)]
-    results = Sampler(VOCAB_SIZE, [EOS]).sample(logits, seqs)
+    results = make_sampler(VOCAB_SIZE, [EOS]).sample(logits, seqs)
     assert [r.token_id for r in results] == logits.argmax(-1).tolist()
     assert all(r.logprob is None and r.top_logprobs == () for r in results)
 
 
-def test_seeded_row_ignores_batch_composition() -> None:
+def test_seeded_row_ignores_batch_composition(make_sampler: Callable[..., Sampler]) -> None:
     params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234)
     row = _logits(1, seed=7)[0]
 
     def run(batch_logits: torch.Tensor, seqs: list[Sequence], row_index: int) -> list[int]:
-        sampler = Sampler(VOCAB_SIZE, [EOS])
+        sampler = make_sampler(VOCAB_SIZE, [EOS])
         tokens = []
         for step in range(12):
             seqs[row_index].token_ids[:] = [1, 4] + [5] * step  # step = output tokens so far
@@ -122,13 +134,15 @@ def test_sampling_distribution_chi_square(params: SamplingParams) -> None:
     assert statistic < CHI_SQUARE_CRITICAL[degrees_of_freedom], (statistic, counts, expected)
 
 
-def test_penalties_follow_their_formulas() -> None:
+def test_penalties_follow_their_formulas(make_sampler: Callable[..., Sampler]) -> None:
     logits = _logits(1, seed=3)
     params = SamplingParams(
         temperature=0.0, repetition_penalty=1.5, presence_penalty=0.5, frequency_penalty=0.25
     )
     prompt, output = [3, 3, 6], [6, 7, 7, 7]
-    adjusted = Sampler(VOCAB_SIZE, [EOS]).adjust_logits(logits, [_seq(params, prompt, output)])[0]
+    adjusted = make_sampler(VOCAB_SIZE, [EOS]).adjust_logits(
+        logits, [_seq(params, prompt, output)]
+    )[0]
     expected = logits[0].clone()
     for token in {3, 6, 7}:  # repetition: prompt and output
         value = expected[token]
@@ -139,17 +153,21 @@ def test_penalties_follow_their_formulas() -> None:
     torch.testing.assert_close(logits, _logits(1, seed=3))  # input untouched
 
 
-def test_logit_bias_forces_a_token_and_ignores_out_of_vocab_ids() -> None:
+def test_logit_bias_forces_a_token_and_ignores_out_of_vocab_ids(
+    make_sampler: Callable[..., Sampler],
+) -> None:
     params = SamplingParams(temperature=1.0, logit_bias={9: 100.0, VOCAB_SIZE + 5: 100.0})
-    results = Sampler(VOCAB_SIZE, [EOS], seed=0).sample(_logits(8), [_seq(params)] * 8)
+    results = make_sampler(VOCAB_SIZE, [EOS], seed=0).sample(_logits(8), [_seq(params)] * 8)
     assert {r.token_id for r in results} == {9}
 
 
-def test_min_tokens_masks_eos_and_stop_ids_until_reached() -> None:
+def test_min_tokens_masks_eos_and_stop_ids_until_reached(
+    make_sampler: Callable[..., Sampler],
+) -> None:
     logits = torch.zeros(1, VOCAB_SIZE)
     logits[0, EOS], logits[0, 11], logits[0, 5] = 10.0, 9.0, 8.0
     params = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=(11,))
-    sampler = Sampler(VOCAB_SIZE, [EOS])
+    sampler = make_sampler(VOCAB_SIZE, [EOS])
     assert sampler.sample(logits, [_seq(params, output=[4])])[0].token_id == 5
     assert sampler.sample(logits, [_seq(params, output=[4, 4])])[0].token_id == EOS
     ignoring = SamplingParams(temperature=0.0, min_tokens=2, ignore_eos=True, stop_token_ids=(11,))
@@ -157,7 +175,7 @@ def test_min_tokens_masks_eos_and_stop_ids_until_reached() -> None:
     assert sampler.sample(logits, [_seq(ignoring)])[0].token_id == EOS
 
 
-def test_logprobs_sorted_and_from_raw_logits() -> None:
+def test_logprobs_sorted_and_from_raw_logits(make_sampler: Callable[..., Sampler]) -> None:
     logits = _logits(3, seed=4)
     seqs = [
         _seq(
@@ -166,7 +184,7 @@ def test_logprobs_sorted_and_from_raw_logits() -> None:
         _seq(SamplingParams(temperature=0.0)),
         _seq(SamplingParams(temperature=1.0, logprobs=True, top_logprobs=0)),
     ]
-    results = Sampler(VOCAB_SIZE, [EOS], seed=0).sample(logits, seqs)
+    results = make_sampler(VOCAB_SIZE, [EOS], seed=0).sample(logits, seqs)
     reference = logits.log_softmax(-1)
     first = results[0]
     assert len(first.top_logprobs) == 5

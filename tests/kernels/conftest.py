@@ -1,8 +1,16 @@
 """Kernel tests run on CUDA when it exists, else on CPU under Triton's interpreter.
 
-TRITON_INTERPRET must be set before `@triton.jit` wraps our kernels, i.e. before the
-first `import kernels.*`. pytest imports this conftest before the test modules of
-this directory, so setting it here (at import time) is early enough.
+The interpreter must be on before anything `@triton.jit` is created: Triton's own
+helpers (`tl.sum`, `tl.argmax`, ...) when `triton` is first imported, ours at the first
+`import kernels.*`. pytest imports this conftest before the test modules of this
+directory, so switching it on here (at import time) is early enough.
+
+It is switched on for this process only: TRITON_INTERPRET=1 is in os.environ just
+while `triton` is imported, then only the in-process knob `triton.knobs.runtime.interpret`
+holds it. The session also starts subprocesses (tritonserver and its Python backend
+stubs in the e2e tests, the CUDA compile check); they get the environment the user
+gave them, not this one. After import, Triton reads the setting only through the knob
+(`@triton.jit`, the interpreter, `kernels.attention_common.upcast_dot`).
 """
 
 from __future__ import annotations
@@ -14,15 +22,35 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
+# The user ran pytest with TRITON_INTERPRET=1: theirs to pass on to subprocesses.
+INTERPRET_EXPORTED = os.environ.get("TRITON_INTERPRET") == "1"
 
-_already_imported = [name for name in sys.modules if name == "kernels" or name.startswith("kernels.")]
-if not HAS_CUDA and any(name != "kernels" for name in _already_imported):
-    raise pytest.UsageError(
-        f"{_already_imported} were imported before tests/kernels/conftest.py could set "
-        "TRITON_INTERPRET=1 (no CUDA here); run with TRITON_INTERPRET=1 in the environment"
-    )
+
+def _import_triton_interpreted() -> None:
+    if "triton" in sys.modules:
+        raise pytest.UsageError(
+            "triton was imported before tests/kernels/conftest.py could switch on its "
+            "interpreter (no CUDA here); run with TRITON_INTERPRET=1 in the environment"
+        )
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton
+
+        # Pin the knob in this process; setting it with propagate_env off leaves
+        # os.environ alone.
+        triton.knobs.propagate_env = False
+        triton.knobs.runtime.interpret = True
+        triton.knobs.propagate_env = True
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+if not HAS_CUDA and not INTERPRET_EXPORTED:
+    _import_triton_interpreted()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

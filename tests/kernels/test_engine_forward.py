@@ -1,9 +1,12 @@
-"""The whole model forward through KernelOps (interpreted on CPU) equals the torch path.
+"""The whole engine step through KernelOps (interpreted on CPU) against the torch path.
 
 A tiny randomly initialised 2-layer Llama with the default model's head layout (9 query
-heads over 3 KV heads, head_dim 64) runs two engine steps — prefills, a chunk continuing
-a cached context, decodes — once with TorchOps and once with KernelOps, each with its
-own paged KV cache; the logits of every token must agree.
+heads over 3 KV heads, head_dim 64) runs three engine steps — prefills, a chunk
+continuing a cached context, decodes — once with TorchOps and once with KernelOps, each
+with its own paged KV cache; the logits of every token must agree. Then the model
+runner with use_kernels="on" (forward and fused sampling): its greedy tokens over a
+staggered schedule equal use_kernels="off"'s, and a seeded request's sampled tokens
+repeat on a re-run and whatever else shares its steps.
 """
 
 from __future__ import annotations
@@ -92,28 +95,93 @@ def test_forward_through_kernels_matches_torch_path(device: torch.device) -> Non
         assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
-def test_model_runner_switch_runs_the_engine_on_kernels(tmp_path: Path) -> None:
-    """EngineConfig.use_kernels="on" on CPU: the runner's whole step goes through KernelOps;
-    greedy tokens over a staggered schedule equal the torch backend's."""
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("transformers")
-    from engine.model_runner import ModelRunner
-    from tests.engine.tiny_models import (
-        BlockPool,
-        engine_config,
-        finish_step,
-        make_sequence,
-        save_tiny_model,
-    )
+    from tests.engine.tiny_models import save_tiny_model
 
-    save_tiny_model(tmp_path, "llama", num_heads=9, num_kv_heads=3, head_dim=16)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    save_tiny_model(directory, "llama", num_heads=9, num_kv_heads=3, head_dim=16)
+    return directory
+
+
+def generate(runner, requests: dict, schedule: list[list[tuple[str, int]]]) -> dict[str, list[int]]:  # noqa: ANN001
+    """Run `schedule` (per step: (request name, new tokens)) on `requests` (name ->
+    (prompt, SamplingParams)) as the engine would; returns each request's output tokens."""
+    from tests.engine.tiny_models import BlockPool, finish_step, make_sequence
+
+    pool = BlockPool()
+    seqs = {name: make_sequence(i, prompt, params) for i, (name, (prompt, params)) in enumerate(requests.items())}
+    for step in schedule:
+        chunks = [pool.chunk(seqs[name], count) for name, count in step]
+        finish_step(chunks, runner.execute(chunks))
+    return {name: seq.output_token_ids for name, seq in seqs.items()}
+
+
+PROMPT_A = [1, 5, 9, 14, 3, 77, 21]
+PROMPT_B = [1, 99, 42, 8, 8, 31]
+
+
+def test_engine_step_on_kernels_gives_the_torch_greedy_tokens(tiny_model_dir: Path) -> None:
+    """EngineConfig.use_kernels="on" on CPU: the runner's whole step (forward and sampling)
+    goes through KernelOps; greedy tokens over a staggered schedule equal the torch backend's."""
+    from engine.model_runner import ModelRunner
+    from engine.sampling_params import SamplingParams
+    from tests.engine.tiny_models import engine_config
+
+    greedy = SamplingParams(temperature=0.0)
+    requests = {"A": (PROMPT_A, greedy), "B": (PROMPT_B, greedy)}
+    schedule = [[("A", 7)], [("A", 1), ("B", 4)], [("B", 2), ("A", 1)], [("A", 1), ("B", 1)], [("A", 1), ("B", 1)]]
     outputs = {}
     for use_kernels in ("off", "on"):
-        runner = ModelRunner(engine_config(tmp_path, use_kernels=use_kernels))
+        runner = ModelRunner(engine_config(tiny_model_dir, use_kernels=use_kernels))
         assert type(runner.ops).__name__ == ("KernelOps" if use_kernels == "on" else "TorchOps")
-        pool = BlockPool()
-        seqs = [make_sequence(i, prompt) for i, prompt in enumerate([[1, 5, 9, 14, 3, 77, 21], [1, 99, 42, 8, 8, 31]])]
-        for step in [[(0, 7)], [(0, 1), (1, 4)], [(1, 2), (0, 1)], [(0, 1), (1, 1)], [(0, 1), (1, 1)]]:
-            chunks = [pool.chunk(seqs[i], n) for i, n in step]
-            finish_step(chunks, runner.execute(chunks))
-        outputs[use_kernels] = [seq.output_token_ids for seq in seqs]
+        assert runner.sampler.fused is (runner.ops if use_kernels == "on" else None)
+        outputs[use_kernels] = generate(runner, requests, schedule)
     assert outputs["on"] == outputs["off"]
+
+
+def test_seeded_sampling_on_kernels_repeats_and_ignores_the_batch(tiny_model_dir: Path) -> None:
+    """A seeded request's tokens on the kernel path: the same on a re-run, and the same
+    when other requests (greedy, unseeded) share its steps and it arrives later."""
+    from engine.model_runner import ModelRunner
+    from engine.sampling_params import SamplingParams
+    from tests.engine.tiny_models import engine_config
+
+    runner = ModelRunner(engine_config(tiny_model_dir, use_kernels="on"))
+    seeded = (PROMPT_A, SamplingParams(temperature=1.5, top_p=0.95, seed=1234))
+    alone_schedule = [[("S", 7)]] + [[("S", 1)]] * 3
+    alone = generate(runner, {"S": seeded}, alone_schedule)["S"]
+    assert generate(runner, {"S": seeded}, alone_schedule)["S"] == alone
+    crowd = {
+        "G": (PROMPT_B, SamplingParams(temperature=0.0)),
+        "U": (PROMPT_B[:4], SamplingParams(temperature=1.0)),
+        "S": seeded,
+    }
+    crowd_schedule = [
+        [("G", 6), ("U", 4)],
+        [("S", 3), ("G", 1), ("U", 1)],
+        [("U", 1), ("S", 4)],
+        [("S", 1), ("G", 1)],
+        [("G", 1), ("S", 1), ("U", 1)],
+        [("S", 1)],
+    ]
+    assert generate(runner, crowd, crowd_schedule)["S"] == alone
+
+
+def test_default_model_on_kernels_gives_the_torch_greedy_tokens(default_weights_dir: Path) -> None:
+    """The real default model (SmolLM2-135M: 30 layers, vocab 49,152), prefill and a decode
+    on the kernels: greedy tokens equal the torch path's. One sequence keeps it to ~10 s
+    interpreted; batches and sampling options are covered on the tiny model above."""
+    from engine.model_runner import ModelRunner
+    from engine.sampling_params import SamplingParams
+    from tests.engine.tiny_models import engine_config
+
+    requests = {"A": ([1, 9690, 198, 2683, 359, 253], SamplingParams(temperature=0.0))}
+    schedule = [[("A", 6)], [("A", 1)]]
+    outputs = {}
+    for use_kernels in ("off", "on"):
+        runner = ModelRunner(engine_config(default_weights_dir, use_kernels=use_kernels))
+        outputs[use_kernels] = generate(runner, requests, schedule)
+    assert outputs["on"] == outputs["off"]
+    assert len(outputs["on"]["A"]) == 2
