@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.triton_interpreter import import_triton_interpreted
+
+import_triton_interpreted()  # before any test module imports triton (see that module)
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / ".cache"
 DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -3,7 +3,9 @@
 The interpreter must be on before anything `@triton.jit` is created: Triton's own
 helpers (`tl.sum`, `tl.argmax`, ...) when `triton` is first imported, ours at the first
 `import kernels.*`. pytest imports this conftest before the test modules of this
-directory, so switching it on here (at import time) is early enough.
+directory — but other directories' test modules may import triton first (transformers
+and torch do), so the switch lives in tests/triton_interpreter.py, called by the root
+tests/conftest.py before any test module is imported.
 
 It is switched on for this process only: TRITON_INTERPRET=1 is in os.environ just
 while `triton` is imported, then only the in-process knob `triton.knobs.runtime.interpret`
@@ -15,43 +17,10 @@ gave them, not this one. After import, Triton reads the setting only through the
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-# The user ran pytest with TRITON_INTERPRET=1: theirs to pass on to subprocesses.
-INTERPRET_EXPORTED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _import_triton_interpreted() -> None:
-    if "triton" in sys.modules:
-        raise pytest.UsageError(
-            "triton was imported before tests/kernels/conftest.py could switch on its "
-            "interpreter (no CUDA here); run with TRITON_INTERPRET=1 in the environment"
-        )
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton
-
-        # Pin the knob in this process; setting it with propagate_env off leaves
-        # os.environ alone.
-        triton.knobs.propagate_env = False
-        triton.knobs.runtime.interpret = True
-        triton.knobs.propagate_env = True
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
-if not HAS_CUDA and not INTERPRET_EXPORTED:
-    _import_triton_interpreted()
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs CUDA")

@@ -1,4 +1,4 @@
-"""The interpreter that conftest switches on stays in this process (see its docstring)."""
+"""The interpreter that tests/triton_interpreter.py switches on stays in this process (see its docstring)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 import pytest
 import triton
 
-from tests.kernels.conftest import HAS_CUDA, INTERPRET_EXPORTED
+from tests.kernels.conftest import HAS_CUDA
+from tests.triton_interpreter import INTERPRET_EXPORTED
 
 
 @pytest.mark.skipif(HAS_CUDA or INTERPRET_EXPORTED, reason="conftest switched nothing on")
