@@ -1,4 +1,4 @@
-"""The `tritium` command line: `serve` and `package`.
+"""The `tritium` command line: `serve`, `package` and `bench`.
 
 Subcommands import their heavy dependencies lazily, so `tritium serve --help` and
 `tritium serve` itself never import torch.
@@ -147,6 +147,16 @@ def run_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_bench_parser(subcommands: argparse._SubParsersAction) -> None:
+    # Listed here for `tritium --help`; main() hands `tritium bench ...` to the benchmark's
+    # own parser, so its imports (httpx, the clients) load only when it runs.
+    subcommands.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmark an OpenAI-compatible or Triton endpoint (see tritium bench --help)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tritium",
@@ -171,9 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_package_arguments(package)
     package.set_defaults(handler=run_package)
+    add_bench_parser(subcommands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        from benchmarks.bench import main as bench_main
+
+        sys.exit(bench_main(arguments[1:]))
+    args = build_parser().parse_args(arguments)
     sys.exit(args.handler(args))

@@ -1,0 +1,149 @@
+"""The issue's bars, computed from the suite's stage files (null.json, compare.json,
+peer.json, hf.json) into bars.md and bars.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OVERHEAD_BAR = 0.05  # adapter + Triton cost, share of the engine's offline tokens/s
+NULL_TOKENS_PER_S_BAR = 5000.0  # through the adapter at concurrency 32
+TTFT_P50_BAR_MS = 150.0  # at concurrency 1
+
+
+def _load(directory: Path, stage: str) -> dict[str, Any] | None:
+    path = directory / f"{stage}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def overhead(compare: dict[str, Any]) -> dict[str, float]:
+    """engine offline -> Triton direct -> adapter, as shares of the offline tokens/s."""
+    offline = compare["engine_offline"]["output_tokens_per_s"]
+    direct = compare["triton_direct"]["output_tokens_per_s"]
+    adapter = compare["adapter"]["output_tokens_per_s"]
+    return {
+        "engine_offline_tokens_per_s": offline,
+        "triton_direct_tokens_per_s": direct,
+        "adapter_tokens_per_s": adapter,
+        "triton_cost": (offline - direct) / offline,
+        "adapter_cost": (direct - adapter) / offline,
+        "total_cost": (offline - adapter) / offline,
+    }
+
+
+def _overhead_verdict(cost: dict[str, float]) -> bool | str:
+    """A stack faster than the engine alone means the machine's load changed between the
+    runs (the stack cannot add throughput): the comparison says nothing then."""
+    if cost["total_cost"] < -OVERHEAD_BAR:
+        return "not measurable: the offline run was slower than the stack (busy machine)"
+    return cost["total_cost"] <= OVERHEAD_BAR
+
+
+def evaluate(null: dict[str, Any] | None, compare: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One entry per bar: what was measured, the bar, met or not."""
+    bars: list[dict[str, Any]] = []
+    if compare is not None:
+        results = compare["results"]
+        cost = overhead(results)
+        bars.append({"bar": "adapter + Triton overhead <= 5% of engine offline tokens/s",
+                     "measured": f"{cost['total_cost']:.1%} (Triton {cost['triton_cost']:.1%}, "
+                                 f"adapter {cost['adapter_cost']:.1%})",
+                     "met": _overhead_verdict(cost), "details": cost})  # fmt: skip
+        if "llama_cpp" in results:
+            ours = results["adapter"]["output_tokens_per_s"]
+            peer = results["llama_cpp"]["output_tokens_per_s"]
+            bars.append({"bar": "full-stack output tokens/s >= llama.cpp server's (concurrency 32)",
+                         "measured": f"{ours:.0f} vs {peer:.0f} tok/s ({ours / peer:.2f}x)",
+                         "met": ours >= peer})  # fmt: skip
+        ttft = results["adapter_concurrency_1"]["ttft_p50_ms"]
+        engine = results.get("engine_offline_first_token_ms")
+        alone = f" (engine alone: {engine:.0f} ms)" if engine is not None else ""
+        bars.append({"bar": "TTFT p50 at concurrency 1 <= 150 ms",
+                     "measured": f"{ttft:.0f} ms{alone}", "met": ttft <= TTFT_P50_BAR_MS})  # fmt: skip
+    if null is not None:
+        adapter = {
+            key: value for key, value in null["results"].items() if key.startswith("adapter")
+        }
+        shown = ", ".join(
+            f"{key.split()[1]} tok/resp: {value['output_tokens_per_s']:.0f}"
+            for key, value in adapter.items()
+        )
+        best = max(value["output_tokens_per_s"] for value in adapter.values())
+        bars.append({"bar": "null model >= 5,000 tok/s through the adapter (concurrency 32)",
+                     "measured": shown, "met": best >= NULL_TOKENS_PER_S_BAR,
+                     "met_at_every_coalescing": all(v["output_tokens_per_s"] >= NULL_TOKENS_PER_S_BAR
+                                                    for v in adapter.values())})  # fmt: skip
+    return bars
+
+
+def throughput_table(compare: dict[str, Any] | None, hf: dict[str, Any] | None) -> list[str]:
+    """Output tokens/s of every system on the same workload (128 in / 128 out)."""
+    rows: list[tuple[str, float]] = []
+    if compare is not None:
+        results = compare["results"]
+        rows.append(
+            ("engine offline (32 running)", results["engine_offline"]["output_tokens_per_s"])
+        )
+        for key, name in (
+            ("triton_direct", "Triton direct, gRPC (concurrency 32)"),
+            ("adapter", "full stack, adapter (concurrency 32)"),
+            ("llama_cpp", "llama.cpp server (concurrency 32)"),
+        ):
+            if key in results:
+                rows.append((name, results[key]["output_tokens_per_s"]))
+    if hf is not None:
+        rows.append(
+            ("transformers generate, batch 32", hf["results"]["hf_batched"]["output_tokens_per_s"])
+        )
+        rows.append(
+            (
+                "transformers generate, one at a time",
+                hf["results"]["hf_sequential"]["output_tokens_per_s"],
+            )
+        )
+    if not rows:
+        return []
+    lines = ["", "| system | output tok/s |", "|---|---|"]
+    return lines + [f"| {name} | {value:.1f} |" for name, value in rows]
+
+
+def side_by_side(directory: Path) -> list[str]:
+    """Our sweep and the peer's on the same axes: side-by-side-{throughput,latency}.png."""
+    from benchmarks.report import markdown_table, read_json, write_plots
+
+    runs = []
+    for stage, label in (("compare", "tritium"), ("peer", None)):
+        path = directory / f"{stage}-runs.json"
+        if path.is_file():
+            runs += [run for run in read_json(path) if label is None or run.label == label]
+    if len(runs) < 2:
+        return []
+    paths = write_plots(runs, directory, "side-by-side")
+    return ["", markdown_table(runs), *(f"![{path.stem}]({path.name})" for path in paths)]
+
+
+def _verdict(met: bool | str) -> str:
+    return met if isinstance(met, str) else ("yes" if met else "NO")
+
+
+def write_bars(directory: Path) -> str:
+    stages = {stage: _load(directory, stage) for stage in ("null", "compare", "peer", "hf")}
+    compare = stages["compare"]
+    if compare is not None and stages["peer"] is not None:  # the peer is compared as one run
+        compare = {**compare, "results": {**compare["results"], **stages["peer"]["results"]}}
+    bars = evaluate(stages["null"], compare)
+    lines = ["# Bars", "", "| bar | measured | met |", "|---|---|---|"]
+    lines += [f"| {bar['bar']} | {bar['measured']} | {_verdict(bar['met'])} |" for bar in bars]
+    lines += throughput_table(compare, stages["hf"])
+    lines += ["", "Load average (uptime) per stage:", ""]
+    for stage, record in stages.items():
+        if record is not None:
+            lines.append(
+                f"- {stage}: before `{record['uptime_before']}`, after `{record['uptime_after']}`"
+            )
+    lines += side_by_side(directory)
+    text = "\n".join(lines) + "\n"
+    (directory / "bars.md").write_text(text)
+    (directory / "bars.json").write_text(json.dumps(bars, indent=1))
+    return text

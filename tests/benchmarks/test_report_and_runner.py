@@ -1,0 +1,133 @@
+"""Load generation against a fake backend, SSE parsing, and the result writers."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.clients import OpenAIBackend, sse_events
+from benchmarks.metrics import RequestRecord, summarize
+from benchmarks.report import LevelResult, RunResult, write_all
+from benchmarks.runner import Load, Progress, run_load
+from benchmarks.workloads import WorkloadSpec
+
+
+class FakeBackend:
+    """Streams max_tokens tokens in two chunks; remembers the most requests in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def send(self, request, record: RequestRecord) -> None:  # noqa: ANN001
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        for _ in range(2):
+            await asyncio.sleep(0.002)
+            record.chunk_times.append(time.perf_counter() - record.sent_at)
+        record.output_tokens, record.input_tokens = request.max_tokens, 3
+        record.latency = time.perf_counter() - record.sent_at
+        self.in_flight -= 1
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+def test_closed_loop_keeps_exactly_the_concurrency_in_flight(concurrency: int) -> None:
+    backend = FakeBackend()
+    requests = WorkloadSpec(input_len=4, output_len=5).build(16)
+    progress = Progress(len(requests), "test", enabled=False)
+    records, duration = asyncio.run(run_load(backend, requests, Load(concurrency), 0, progress))
+    assert len(records) == 16 and all(record.ok for record in records)
+    assert backend.most_in_flight == concurrency
+    assert summarize(records, duration, None).mean_output_tokens == 5
+
+
+def test_poisson_rate_sends_everything_under_the_cap() -> None:
+    backend = FakeBackend()
+    requests = WorkloadSpec(input_len=4, output_len=2).build(20)
+    progress = Progress(len(requests), "test", enabled=False)
+    records, _ = asyncio.run(run_load(backend, requests, Load(2, 2000.0), 0, progress))
+    assert len(records) == 20 and backend.most_in_flight <= 2
+
+
+def test_a_time_limit_cancels_what_is_still_running() -> None:
+    class SlowBackend(FakeBackend):
+        async def send(self, request, record: RequestRecord) -> None:  # noqa: ANN001
+            await asyncio.sleep(0.01 if request.max_tokens == 1 else 10)
+            await super().send(request, record)
+
+    requests = WorkloadSpec(input_len=4, output_len=1).build(3)
+    requests += WorkloadSpec(input_len=4, output_len=2).build(2)
+    progress = Progress(len(requests), "test", enabled=False)
+    records, duration = asyncio.run(
+        run_load(SlowBackend(), requests, Load(5), 0, progress, time_limit_s=0.3)
+    )
+    assert duration < 1
+    assert sorted(record.ok for record in records) == [False, False, True, True, True]
+
+
+def test_a_load_needs_concurrency_or_rate() -> None:
+    with pytest.raises(ValueError, match="concurrency or a request rate"):
+        Load()
+    assert Load(None, 4.0).label == "rate 4/s"
+
+
+def test_sse_events_split_frames_and_keep_partial_ones() -> None:
+    buffer = bytearray(b'data: {"a":1}\n\ndata: [DONE]\n\ndata: {"b"')
+    assert sse_events(buffer) == [b'{"a":1}', b"[DONE]"]
+    assert buffer == bytearray(b'data: {"b"')
+
+
+def test_openai_tokens_come_from_usage_not_frames() -> None:
+    async def run() -> RequestRecord:
+        backend = OpenAIBackend("http://unused/v1", "m", chat=True, max_connections=1)
+        record = RequestRecord(sent_at=time.perf_counter())
+        for chunk in (
+            {"choices": [{"delta": {"role": "assistant"}}]},  # no text: not a token time
+            {"choices": [{"delta": {"content": "Hello there"}}]},  # one frame, several tokens
+            {"choices": [{"delta": {"content": "!"}}]},
+            {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 4}},
+        ):
+            backend._on_event(json.dumps(chunk).encode(), record)
+        backend._on_event(b"[DONE]", record)
+        await backend.close()
+        return record
+
+    record = asyncio.run(run())
+    assert len(record.chunk_times) == 2
+    assert (record.input_tokens, record.output_tokens) == (7, 4)
+
+
+def test_writers_produce_json_csv_markdown_and_plots(tmp_path: Path) -> None:
+    records = [
+        RequestRecord(
+            sent_at=0.0, input_tokens=8, output_tokens=4, chunk_times=[0.1, 0.2], latency=0.4
+        )
+    ]
+    runs = []
+    for label in ("ours", "peer"):
+        levels = [
+            LevelResult(f"concurrency {c}", c, None, summarize(records, 1.0, None), records)
+            for c in (1, 4)
+        ]
+        runs.append(RunResult(label, {"backend": "x"}, levels, {"load_average": [0.5, 0.4, 0.3]}))
+    paths = write_all(runs, tmp_path, "result", "Test")
+    assert {path.name for path in paths} == {
+        "result.json", "result.csv", "result.md", "result-throughput.png", "result-latency.png",
+    }  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "result.csv").open()))
+    assert [(row["label"], row["concurrency"]) for row in rows] == [
+        ("ours", "1"), ("ours", "4"), ("peer", "1"), ("peer", "4"),
+    ]  # fmt: skip
+    assert rows[0]["output_tokens_per_s"] == "4.0"
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved[0]["levels"][0]["records"][0]["output_tokens"] == 4
+    assert "| ours | concurrency 1 |" in (tmp_path / "result.md").read_text()
+    assert (tmp_path / "result-throughput.png").read_bytes()[:4] == b"\x89PNG"
