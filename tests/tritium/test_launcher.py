@@ -248,12 +248,13 @@ def test_serves_a_decoupled_model_and_stops_cleanly(
 ) -> None:
     options = serve_options(tmp_path, echo_repository, adapter_module=fake_adapter)
     http_url = f"http://127.0.0.1:{options.http_port}"
+    before = set(children_of(os.getpid()))  # e.g. a session-wide stack of other tests
     with RunInThread(options) as launcher:
         assert wait_until(lambda: (options.log_dir / "adapter.log").exists(), 60)
         assert wait_until(lambda: is_triton_ready(http_url), 60)
         words = stream_echo(f"127.0.0.1:{options.grpc_port}", "several words come back")
         assert words == ["several", "words", "come", "back"]
-        spawned = children_of(os.getpid())
+        spawned = [pid for pid in children_of(os.getpid()) if pid not in before]
         stubs = [pid for child in spawned for pid in group_members(child)]
         assert len(spawned) == 2 and len(stubs) >= 3  # server, its stub, the adapter
     assert launcher.exit_status == 0
@@ -360,9 +361,10 @@ def test_triton_crash_is_reported_and_leaves_nothing_behind(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     options = serve_options(tmp_path, echo_repository, adapter_module=fake_adapter)
+    before = set(children_of(os.getpid()))  # e.g. a session-wide stack of other tests
     with RunInThread(options) as launcher:
         wait_for_banner(capsys)
-        spawned = children_of(os.getpid())
+        spawned = [pid for pid in children_of(os.getpid()) if pid not in before]
         (triton_pid,) = [pid for pid in spawned if command_name(pid) == "tritonserver"]
         members = [pid for child in spawned for pid in group_members(child)]
         os.kill(triton_pid, signal.SIGKILL)  # its stub is orphaned; the launcher must sweep it
