@@ -29,7 +29,8 @@ class AdapterConfig:
     cors_origins: tuple[str, ...] = ()
     # Largest request body accepted (413 above it), counted on the wire.
     max_body_bytes: int = 4 * 1024 * 1024
-    # Generation requests in flight at once; the next one gets 429 + Retry-After.
+    # Triton generation requests in flight at once (a completions request takes one per
+    # prompt); past it a request gets 429 + Retry-After.
     max_concurrent_requests: int = 256
     # Most choices (`n`) one request may ask for.
     max_n: int = 16

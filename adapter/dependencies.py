@@ -56,34 +56,38 @@ class ModelCatalog:
 
 
 class GenerationSlot:
-    """One place under the concurrency limit; released once, by whoever ends the request."""
+    """Places under the concurrency limit; released once, by whoever ends the request."""
 
-    def __init__(self, limiter: ConcurrencyLimiter) -> None:
+    def __init__(self, limiter: ConcurrencyLimiter, count: int) -> None:
         self.limiter = limiter
+        self.count = count
         self.released = False
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.limiter.in_flight -= 1
+            self.limiter.in_flight -= self.count
 
 
 class ConcurrencyLimiter:
-    """Counts generation requests in flight (one event loop: a plain int is enough)."""
+    """Counts Triton generation requests in flight (one event loop: a plain int is enough).
+
+    A completions request with several prompts runs one Triton request per prompt, so it
+    takes that many places: otherwise one HTTP request could start thousands."""
 
     def __init__(self, limit: int, retry_after_s: int) -> None:
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.in_flight = 0
 
-    def acquire(self) -> GenerationSlot:
-        if self.in_flight >= self.limit:
+    def acquire(self, count: int = 1) -> GenerationSlot:
+        if self.in_flight + count > self.limit:
             raise TooManyRequests(
                 f"The server is at its limit of {self.limit} concurrent requests; retry later",
                 self.retry_after_s,
             )
-        self.in_flight += 1
-        return GenerationSlot(self)
+        self.in_flight += count
+        return GenerationSlot(self, count)
 
 
 @dataclass

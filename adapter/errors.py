@@ -195,6 +195,10 @@ def _field_path(location: tuple[Any, ...] | list[Any]) -> list[str]:
     return parts
 
 
+# FastAPI's HTTPException detail when the body cannot be decoded (e.g. invalid UTF-8).
+_BODY_NOT_DECODED = "There was an error parsing the body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, error: APIError) -> JSONResponse:
@@ -221,6 +225,12 @@ def install_error_handlers(app: FastAPI) -> None:
                 code="method_not_allowed",
             )
             api_error.status_code = 405
+        elif error.status_code == 400 and error.detail == _BODY_NOT_DECODED:
+            # FastAPI's words for a body that is not UTF-8: say what to send instead.
+            api_error = InvalidRequest(
+                "We could not parse the body of your request: send JSON encoded as UTF-8",
+                code="invalid_json",
+            )
         else:
             api_error = APIError(str(error.detail))
             api_error.status_code = error.status_code

@@ -84,7 +84,9 @@ def sampling_parameters(
 def check_limits(request: SamplingRequest, config: AdapterConfig, model: ModelInfo) -> None:
     """Limits the schema cannot know: the operator's and the model's."""
     if request.n is not None and request.n > config.max_n:
-        raise InvalidRequest(f"n must be at most {config.max_n}, got {request.n}", param="n")
+        raise InvalidRequest(
+            f"n must be at most {config.max_n}, got {request.n}", param="n", code="invalid_value"
+        )
     max_tokens = _max_tokens(request)
     param = (
         "max_completion_tokens"

@@ -62,6 +62,10 @@ def error_from_triton(message: str, model: str) -> APIError:
         return TooManyRequests(f"Triton's queue for '{model}' is full; retry later", 1)
     if lowered.startswith(("unavailable:", "overloaded:")) or "unavailable" in lowered:
         return ServiceUnavailable(message)
+    if "stub process" in lowered and "not healthy" in lowered:
+        # The Python backend's process died: the model cannot serve until it is restarted
+        # (`tritium serve` restarts Triton), so this is 503 and retryable, not a 500.
+        return ServiceUnavailable(f"The model '{model}' is restarting after a backend failure")
     return ModelError(message)
 
 

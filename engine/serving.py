@@ -27,6 +27,13 @@ class OutputSink(Protocol):
 
     def is_cancelled(self) -> bool: ...
 
+    def close(self) -> None:
+        """End a request that will get no more outputs (cancelled, or its send failed).
+
+        Triton releases a decoupled request only at its final flag: without this, every
+        cancelled request stays alive in the server, its memory grows, and the model can
+        never unload."""
+
 
 _STOP = object()
 
@@ -39,19 +46,26 @@ class EngineService:
         self._keys = itertools.count()
         self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
         self._stopped = threading.Event()
+        # Why the service stopped taking requests (shutdown or an engine failure).
+        self._stop_reason = "the model is shutting down"
+        # Orders "check stopped, then queue" in `submit` against "stop, then drain the
+        # inbox" on the engine thread, so no request is queued after the last drain.
+        self._admission = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
         """Validate and tokenize now (raises RequestError), then queue for the engine thread."""
-        if self._stopped.is_set():
-            raise RequestError("the model is shutting down", kind="unavailable")
         prepared = self.engine.prepare(request)
-        self._inbox.put((next(self._keys), prepared, sink))
+        with self._admission:
+            if self._stopped.is_set():
+                raise RequestError(self._stop_reason, kind="unavailable")
+            self._inbox.put((next(self._keys), prepared, sink))
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
-        self._stopped.set()
+        with self._admission:
+            self._stopped.set()
         self._inbox.put(_STOP)
         self._thread.join(timeout_s)
 
@@ -63,9 +77,16 @@ class EngineService:
                     self._send(key, output)
         except Exception as error:  # the engine is broken: fail every request, loudly
             logger.exception("engine thread failed")
-            self._fail_all(f"engine failure: {error}")
+            # Later requests fail at submit too: queued, they would wait for a dead thread.
+            self._stop_taking_requests(f"engine failure: {error}")
+            self._fail_all(self._stop_reason)
             raise
         self._fail_all("the model is shutting down")
+
+    def _stop_taking_requests(self, reason: str) -> None:
+        with self._admission:
+            self._stop_reason = reason
+            self._stopped.set()
 
     def _drain_inbox(self, block: bool) -> bool:
         """Admit queued requests; False when shutdown was asked."""
@@ -85,7 +106,15 @@ class EngineService:
         for key, sink in list(self._sinks.items()):
             if sink.is_cancelled():
                 self.engine.abort(key)
-                del self._sinks[key]  # a cancelled request gets no more responses
+                del self._sinks[key]  # a cancelled request gets no more responses...
+                self._close(sink)  # ...but its final flag, so Triton can release it
+
+    @staticmethod
+    def _close(sink: OutputSink) -> None:
+        try:
+            sink.close()
+        except Exception:  # the stream is already gone on Triton's side: nothing to release
+            logger.debug("closing a request failed", exc_info=True)
 
     def _send(self, key: int, output: GenerationOutput) -> None:
         sink = self._sinks.get(key)
@@ -99,6 +128,8 @@ class EngineService:
             logger.warning("sending a response failed; aborting the request", exc_info=True)
             self.engine.abort(key)
             self._sinks.pop(key, None)
+            if not output.finished:
+                self._close(sink)
 
     def _fail_all(self, message: str) -> None:
         while True:  # requests still queued get the error too

@@ -101,6 +101,10 @@ class TritonSink:
     def is_cancelled(self) -> bool:
         return self.sender.is_cancelled()
 
+    def close(self) -> None:
+        # An empty final response: Triton frees the request (nothing reaches the client).
+        self.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
     def send(self, output: GenerationOutput) -> None:
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
         if output.error is not None:

@@ -10,6 +10,9 @@ from tests.triton_interpreter import import_triton_interpreted
 
 import_triton_interpreted()  # before any test module imports triton (see that module)
 
+# The real stack, shared by tests/e2e and tests/reliability: registered once here so a
+# session starts it once, whichever of those directories runs.
+from tests.stack import stack, start_adapter  # noqa: E402, F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / ".cache"

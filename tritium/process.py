@@ -78,14 +78,17 @@ def start_child(
 
 
 def stop_child(child: ChildProcess, grace_seconds: float) -> int:
-    """SIGTERM the child's process group, SIGKILL it after ``grace_seconds``, and wait
+    """SIGTERM the child, SIGKILL its process group after ``grace_seconds``, and wait
     until no member of the group is left. Returns the child's exit code.
 
-    The final SIGKILL sweep also catches members orphaned earlier, e.g. Python
-    backend stubs of a tritonserver that crashed on its own.
+    SIGTERM goes to the child alone: tritonserver finalizes its Python backend stubs
+    itself, and a stub that got the signal too could die before Triton asked it to
+    unload its model, leaving Triton waiting for it until its exit timeout. The final
+    SIGKILL sweep catches whatever is left, e.g. stubs of a tritonserver that crashed.
     """
     if child.popen.poll() is None:
-        signal_group(child.process_group, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            child.popen.send_signal(signal.SIGTERM)
         try:
             child.popen.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
@@ -104,7 +107,12 @@ def signal_group(process_group: int, signal_number: int) -> None:
 
 def group_members(process_group: int) -> list[int]:
     """Live (non-zombie) processes in ``process_group``, read from /proc."""
-    members = []
+    return sorted(group_processes(process_group))
+
+
+def group_processes(process_group: int) -> dict[int, str]:
+    """Live (non-zombie) processes in ``process_group`` -> their command names, from /proc."""
+    members: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -116,7 +124,7 @@ def group_members(process_group: int) -> list[int]:
         fields = stat[stat.rfind(")") + 2 :].split()
         state, group = fields[0], int(fields[2])
         if group == process_group and state not in ("Z", "X"):
-            members.append(int(entry.name))
+            members[int(entry.name)] = stat[stat.find("(") + 1 : stat.rfind(")")]
     return members
 
 

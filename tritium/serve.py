@@ -3,8 +3,11 @@
 Order: tritonserver first, wait until ``/v2/health/ready`` (every model loaded), then
 the adapter, wait until it accepts connections, print how to reach it. If either
 child dies, the other is stopped and the launcher exits non-zero with the dead
-child's log tail; SIGINT/SIGTERM/SIGHUP stop both (adapter first, so no request
-arrives at a Triton that is shutting down) and exit 0.
+child's log tail. A tritonserver that is alive but cannot serve (a dead Python-backend
+stub, or unready for long; see `tritium.supervision`) is restarted in place, at most
+``max_triton_restarts`` times, then treated like a dead child. SIGINT/SIGTERM/SIGHUP
+stop both (adapter first, so no request arrives at a Triton that is shutting down) and
+exit 0.
 """
 
 from __future__ import annotations
@@ -38,9 +41,13 @@ from tritium.serve_options import (
     default_log_dir,
     example_api_key,
 )
+from tritium.supervision import TritonWatch
 
 LOG_TAIL_LINES = 40
 SUPERVISE_INTERVAL_SECONDS = 0.5
+# SIGTERM-to-SIGKILL time of a tritonserver being restarted: it cannot serve, so its
+# in-flight requests will never finish; waiting longer only delays the clients' errors.
+RESTART_GRACE_SECONDS = 2.0
 
 
 class LaunchError(RuntimeError):
@@ -164,8 +171,13 @@ def usage_banner(options: ServeOptions, model_names: list[str]) -> str:
     )
 
 
-def supervise(children: list[ChildProcess], stop_event: threading.Event) -> None:
-    """Block until ``stop_event`` is set (return) or a child exits (raise LaunchError)."""
+def supervise(
+    children: list[ChildProcess],
+    stop_event: threading.Event,
+    keeper: TritonKeeper | None = None,
+) -> None:
+    """Block until ``stop_event`` is set (return) or a child exits (raise LaunchError);
+    ``keeper`` restarts a tritonserver that is alive but cannot serve."""
     while not stop_event.wait(SUPERVISE_INTERVAL_SECONDS):
         for child in children:
             exit_code = child.exit_code()
@@ -173,6 +185,56 @@ def supervise(children: list[ChildProcess], stop_event: threading.Event) -> None
                 raise LaunchError(
                     failure_report(child, f"stopped unexpectedly ({describe_exit(exit_code)})")
                 )
+        if keeper is not None:
+            keeper.check()
+
+
+class TritonKeeper:
+    """Starts tritonserver for `run` and restarts it when `TritonWatch` finds it broken."""
+
+    def __init__(
+        self,
+        options: ServeOptions,
+        log_dir: Path,
+        shm_prefix: str,
+        stop_event: threading.Event,
+        children: list[ChildProcess],
+    ) -> None:
+        self.options = options
+        self.log_dir = log_dir
+        self.shm_prefix = shm_prefix
+        self.stop_event = stop_event
+        self.children = children
+        self.restarts = 0
+        self.watch: TritonWatch | None = None
+
+    def start(self) -> None:
+        launch_triton(self.options, self.log_dir, self.shm_prefix, self.stop_event, self.children)
+        # Triton goes first in `children`: they are stopped in reverse, adapter first.
+        self.children.insert(0, self.children.pop())
+        http_url = triton_http_url(self.options)
+        self.watch = TritonWatch(
+            self.children[0], lambda: is_triton_ready(http_url), self.options.unready_grace_seconds
+        )
+        if not self.stop_event.is_set():
+            self.watch.arm()
+
+    def check(self) -> None:
+        problem = self.watch.problem() if self.watch is not None else None
+        if problem is None:
+            return
+        triton = self.children[0]
+        limit = self.options.max_triton_restarts
+        if self.restarts >= limit:
+            raise LaunchError(
+                failure_report(triton, f"cannot serve ({problem}) after {limit} restarts")
+            )
+        self.restarts += 1
+        say(f"restarting tritonserver: {problem} (restart {self.restarts} of {limit})")
+        stop_child(triton, RESTART_GRACE_SECONDS)
+        self.children.remove(triton)
+        remove_shared_memory(self.shm_prefix)
+        self.start()
 
 
 def remove_shared_memory(prefix: str) -> None:
@@ -252,13 +314,14 @@ def run(options: ServeOptions, stop_event: threading.Event) -> int:
     children: list[ChildProcess] = []
     try:
         check_ports_free(options)
-        launch_triton(options, log_dir, shm_prefix, stop_event, children)
+        keeper = TritonKeeper(options, log_dir, shm_prefix, stop_event, children)
+        keeper.start()
         if not stop_event.is_set():
             launch_adapter(options, log_dir, stop_event, children)
         if not stop_event.is_set():
             model_names = served_model_names(triton_http_url(options), options.model_repository)
             print(usage_banner(options, model_names), flush=True)
-            supervise(children, stop_event)
+            supervise(children, stop_event, keeper)
         say("stopping")
         return 0
     except (LaunchError, tritonserver.TritonServerNotFoundError, OSError) as error:

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import adapter.cli
@@ -30,8 +30,9 @@ class ServeOptions:
     # The adapter (OpenAI API) binds here.
     host: str = "127.0.0.1"
     port: int = 8000
-    # Handed to the adapter through TRITIUM_API_KEYS, not argv, which `ps` shows.
-    api_keys: tuple[str, ...] = ()
+    # Handed to the adapter through TRITIUM_API_KEYS, not argv, which `ps` shows; kept
+    # out of repr so that printing or logging the options cannot leak them.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     # More Triton gRPC endpoints for the adapter, after the one started here.
     extra_triton_urls: tuple[str, ...] = ()
     # The adapter's other flags as given to `tritium serve` (--cors-origin, --max-n, ...).
@@ -41,6 +42,10 @@ class ServeOptions:
     # Time each child gets between SIGTERM and SIGKILL; Triton is told to finish
     # in-flight requests a little sooner (see triton_exit_timeout_seconds).
     stop_grace_seconds: float = 40.0
+    # Restarts of a tritonserver that is alive but cannot serve (a dead Python-backend
+    # stub, unready past `unready_grace_seconds`); one more and serve exits non-zero.
+    max_triton_restarts: int = 3
+    unready_grace_seconds: float = 10.0
     # `python -m <adapter_module>`; tests put a stand-in here.
     adapter_module: str = "adapter"
 
@@ -56,6 +61,8 @@ class ServeOptions:
                 raise ValueError(f"{flag} must be between 1 and 65535, got {port}")
         if len(set(ports.values())) != len(ports):
             raise ValueError(f"ports must differ, got {ports}")
+        if self.max_triton_restarts < 0:
+            raise ValueError(f"max_triton_restarts must be >= 0, got {self.max_triton_restarts}")
         if self.startup_timeout_seconds <= 0:
             raise ValueError(
                 f"--startup-timeout must be positive, got {self.startup_timeout_seconds}"

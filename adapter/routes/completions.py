@@ -30,6 +30,14 @@ router = APIRouter(tags=["completions"])
 async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
     body.check_supported()
     prompts = body.prompts()
+    limit = state.config.max_concurrent_requests
+    if len(prompts) > limit:  # could never get its places under the limit: say so, not 429
+        raise InvalidRequest(
+            f"at most {limit} prompts per request (the server's concurrency limit),"
+            f" got {len(prompts)}",
+            param="prompt",
+            code="invalid_value",
+        )
     model = await find_model(state, body.model, chat=False)
     parameters = sampling_parameters(body, state.config, model)
     request_id = request_id_of(request)

@@ -1,7 +1,7 @@
 """Runs one generation request for a route: limits, disconnects, metrics.
 
-Both entry points take the concurrency slot first (429 if none) and give it back
-however the request ends. `stream` waits for the first Triton response before
+Both entry points take their concurrency places first, one per Triton request (429 if
+there are not enough), and give them back however the request ends. `stream` waits for the first Triton response before
 answering, so an error the model reports at once (a bad field, an unknown model,
 Triton down) is a plain HTTP error rather than a 200 stream with an error event.
 """
@@ -51,7 +51,7 @@ class GenerationRun:
 
     async def collect(self) -> list[CollectedChoice]:
         """The whole answer; the client going away cancels the Triton requests."""
-        slot = self.state.limiter.acquire()
+        slot = self.state.limiter.acquire(len(self.requests))
         try:
             deltas = self._observed(self._deltas())
             return await until_disconnect(self.request, collect_choices(deltas, self.total_choices))
@@ -60,7 +60,7 @@ class GenerationRun:
             self._count_tokens()
 
     async def stream(self, make_renderer: Callable[[UsageTally], ChunkRenderer]) -> Response:
-        slot = self.state.limiter.acquire()
+        slot = self.state.limiter.acquire(len(self.requests))
         deltas = self._deltas()
         try:
             first = await until_disconnect(self.request, anext(deltas, None))

@@ -140,6 +140,7 @@ def test_parse_response_rejects_misaligned_outputs() -> None:
         ("Request for unknown model: 'x' is not found", ModelNotFound, "model"),
         ("Exceeds maximum queue size", TooManyRequests, None),
         ("unavailable: the engine is shutting down", ServiceUnavailable, None),
+        ("Stub process 'm_0_0' is not healthy.", ServiceUnavailable, None),
         ("CUDA out of memory at engine/model_runner.py:88", ModelError, None),
     ],
 )

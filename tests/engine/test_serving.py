@@ -20,11 +20,17 @@ class RecordingSink:
         self.cancel_after = cancel_after
         self.fail_send = fail_send
         self.done = threading.Event()
+        self.closed = 0  # close() calls: the final flag of a request that gets no more outputs
+        self.sent_after_close = False
+
+    def close(self) -> None:
+        self.closed += 1
 
     def is_cancelled(self) -> bool:
         return self.cancel_after is not None and len(self.outputs) >= self.cancel_after
 
     def send(self, output: GenerationOutput) -> None:
+        self.sent_after_close |= self.closed > 0
         if self.fail_send:
             self.done.set()
             raise ConnectionError("the client is gone")
@@ -83,6 +89,8 @@ def test_cancelled_request_leaves_the_engine(service: EngineService) -> None:
     _wait_idle(service)
     assert 2 <= len(sink.outputs) < 400 and not sink.outputs[-1].finished
     assert service.engine.scheduler.num_used_blocks == 0
+    # Closed exactly once (Triton then releases the request), and nothing sent after.
+    assert sink.closed == 1 and not sink.sent_after_close
 
 
 def test_failed_send_aborts_the_request(service: EngineService) -> None:
@@ -91,6 +99,7 @@ def test_failed_send_aborts_the_request(service: EngineService) -> None:
     assert sink.done.wait(30)
     _wait_idle(service)
     assert service.engine.scheduler.num_used_blocks == 0
+    assert sink.closed == 1
 
 
 def test_bad_requests_fail_at_submit(service: EngineService) -> None:
@@ -120,3 +129,24 @@ def test_shutdown_fails_what_is_still_running(default_weights_dir: Path) -> None
         assert sink.outputs[-1].finished and sink.outputs[-1].error == "the model is shutting down"
     with pytest.raises(RequestError, match="shutting down"):
         service.submit(_request(4), RecordingSink())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failed_engine_fails_later_requests_at_once(default_weights_dir: Path) -> None:
+    """A dead engine thread must not leave requests queued forever (a hang, not an error)."""
+    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16"}
+    service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
+
+    def broken_step() -> list:
+        raise RuntimeError("simulated kernel failure")
+
+    service.engine.step = broken_step  # type: ignore[method-assign]
+    service.start()
+    first = RecordingSink()
+    service.submit(_request(8), first)
+    assert first.done.wait(30)
+    assert first.outputs[-1].error == "engine failure: simulated kernel failure"
+    with pytest.raises(RequestError, match="engine failure: simulated kernel failure") as error:
+        service.submit(_request(8), RecordingSink())
+    assert error.value.kind == "unavailable"
+    service.shutdown()
