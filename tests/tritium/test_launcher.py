@@ -250,7 +250,13 @@ def test_serves_a_decoupled_model_and_stops_cleanly(
     http_url = f"http://127.0.0.1:{options.http_port}"
     before = set(children_of(os.getpid()))  # e.g. a session-wide stack of other tests
     with RunInThread(options) as launcher:
-        assert wait_until(lambda: (options.log_dir / "adapter.log").exists(), 60)
+        adapter_log_path = options.log_dir / "adapter.log"
+        # The adapter has started once it has written its first line (a loaded machine may
+        # take a while to start Python); stopping before that would leave the log empty.
+        assert wait_until(
+            lambda: adapter_log_path.exists() and "fake adapter for" in adapter_log_path.read_text(),
+            60,
+        )
         assert wait_until(lambda: is_triton_ready(http_url), 60)
         words = stream_echo(f"127.0.0.1:{options.grpc_port}", "several words come back")
         assert words == ["several", "words", "come", "back"]
