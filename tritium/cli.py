@@ -98,6 +98,22 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long Triton (and then the adapter) may take to become ready (default: %(default)g)",
     )
+    launcher.add_argument(
+        "--max-triton-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="restart Triton in place at most N times when a model's backend dies or Triton "
+        "stays unready; one more failure and serve exits non-zero (default: %(default)d)",
+    )
+    launcher.add_argument(
+        "--unready-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a running Triton may report unready before it is restarted "
+        "(default: %(default)g)",
+    )
 
 
 def add_package_arguments(parser: argparse.ArgumentParser) -> None:

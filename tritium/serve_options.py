@@ -62,7 +62,9 @@ class ServeOptions:
         if len(set(ports.values())) != len(ports):
             raise ValueError(f"ports must differ, got {ports}")
         if self.max_triton_restarts < 0:
-            raise ValueError(f"max_triton_restarts must be >= 0, got {self.max_triton_restarts}")
+            raise ValueError(f"--max-triton-restarts must be >= 0, got {self.max_triton_restarts}")
+        if self.unready_grace_seconds <= 0:
+            raise ValueError(f"--unready-grace must be positive, got {self.unready_grace_seconds}")
         if self.startup_timeout_seconds <= 0:
             raise ValueError(
                 f"--startup-timeout must be positive, got {self.startup_timeout_seconds}"
@@ -90,6 +92,8 @@ class ServeOptions:
             adapter_flags=forwarded_adapter_flags(args),
             log_dir=Path(args.log_dir).expanduser() if args.log_dir else None,
             startup_timeout_seconds=args.startup_timeout,
+            max_triton_restarts=args.max_triton_restarts,
+            unready_grace_seconds=args.unready_grace,
         )
 
 

@@ -27,6 +27,7 @@ def test_serve_defaults_keep_triton_on_loopback_and_off_the_adapter_port() -> No
     assert options.triton_host == "127.0.0.1"
     assert (options.http_port, options.grpc_port, options.metrics_port) == (8080, 8001, 8002)
     assert options.startup_timeout_seconds == 300.0
+    assert (options.max_triton_restarts, options.unready_grace_seconds) == (3, 10.0)
     assert options.tritonserver is None and options.log_dir is None
 
 
@@ -43,6 +44,8 @@ def test_serve_flags_reach_the_options(tmp_path: Path) -> None:
         "--triton-arg=--log-info=false",
         f"--log-dir={tmp_path / 'logs'}",
         "--startup-timeout=12.5",
+        "--max-triton-restarts=0",
+        "--unready-grace=2.5",
     )
     assert options.model_repository == tmp_path
     assert options.tritonserver == "/opt/custom/tritonserver"
@@ -52,6 +55,7 @@ def test_serve_flags_reach_the_options(tmp_path: Path) -> None:
     assert options.triton_args == ("--log-info=false",)
     assert options.log_dir == tmp_path / "logs"
     assert options.startup_timeout_seconds == 12.5
+    assert (options.max_triton_restarts, options.unready_grace_seconds) == (0, 2.5)
     command = adapter_command(options)
     assert command[:3] == [sys.executable, "-m", "adapter"]
     # Triton bound to every interface is still reached over loopback.
@@ -123,6 +127,10 @@ def test_nonsense_values_are_rejected() -> None:
         parse_serve("--port=70000")
     with pytest.raises(ValueError, match="--startup-timeout must be positive"):
         parse_serve("--startup-timeout=0")
+    with pytest.raises(ValueError, match="--max-triton-restarts must be >= 0"):
+        parse_serve("--max-triton-restarts=-1")
+    with pytest.raises(ValueError, match="--unready-grace must be positive"):
+        parse_serve("--unready-grace=0")
 
 
 def test_banner_shows_a_ready_to_paste_request(monkeypatch: pytest.MonkeyPatch) -> None:
