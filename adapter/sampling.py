@@ -36,23 +36,10 @@ SAMPLING_FIELDS = (
     "skip_special_tokens",
 )
 
-# Request fields copied as they are (same name and meaning in the contract).
-_PASSED_THROUGH = (
-    "min_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "stop_token_ids",
-    "ignore_eos",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "logit_bias",
-    "n",
-)
+# Fields the route maps itself (limits, OpenAI's two logprobs spellings, decoding); every
+# other sampling field is copied as it is (same name and meaning in the contract).
+_MAPPED = ("max_tokens", "logprobs", "top_logprobs", "skip_special_tokens")
+_PASSED_THROUGH = tuple(name for name in SAMPLING_FIELDS if name not in _MAPPED)
 
 
 def sampling_parameters(
