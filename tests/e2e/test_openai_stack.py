@@ -165,7 +165,7 @@ def test_closed_stream_is_cancelled_in_the_engine(client: openai.OpenAI, stack: 
     while stack.metric("tritium_requests_running") > 0:
         assert time.monotonic() < deadline, "the engine still runs the cancelled request"
         time.sleep(0.2)
-    assert stack.metric("tritium_kv_blocks_used") == 0 or stack.metric("tritium_requests_waiting") == 0
+    assert stack.metric("tritium_kv_blocks_used") == 0  # its KV blocks are back too
 
 
 def test_triton_generate_endpoints(stack: Stack) -> None:

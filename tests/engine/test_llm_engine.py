@@ -118,7 +118,7 @@ def test_staggered_greedy_batch_equals_transformers_alone(
         expected = _hf_greedy(default_weights_dir, prompt_ids, 32, eos)
         assert _token_ids(outputs[key]) == expected, f"prompt {key}: {PROMPTS[key]!r}"
         assert outputs[key][-1].finished
-    assert engine.scheduler.num_used_blocks == 0 or engine.scheduler.num_running == 0
+    assert engine.scheduler.num_running == 0 and engine.scheduler.num_used_blocks == 0
 
 
 def test_prefix_cache_computes_only_new_tokens(engine: LLMEngine) -> None:
