@@ -144,7 +144,9 @@ class EngineConfig:
     model: ModelConfig
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU; or float32/bfloat16/float16
+    # "auto" = bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else
+    # float32; or float32 / bfloat16 / float16
+    dtype: str = "auto"
     device: str = "auto"  # "auto" = cuda when available, else cpu
     use_kernels: str = "auto"  # "auto" = Triton kernels on CUDA, torch on CPU; "on" / "off"
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default

@@ -131,9 +131,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 where the hardware multiplies it natively (CUDA; CPUs with
+    AVX512-BF16 or AMX), else float32 (emulated bf16 matmuls are slower than fp32)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        native = device.type == "cuda" or cpu_has_native_bfloat16()
+        return torch.bfloat16 if native else torch.float32
     return _DTYPES[name]
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN then runs bf16 matmuls at about twice the fp32 rate
+    (docs/benchmarks.md). torch only exposes these probes privately; absent means no."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def make_ops(use_kernels: str, device: torch.device) -> Any:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.config import CacheConfig, ConfigError, SchedulerConfig
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, cpu_has_native_bfloat16
 from engine.weights import WeightsError, checkpoint_files
 from tests.engine.tiny_models import (
     BlockPool,
@@ -55,9 +55,8 @@ def test_staggered_batch_matches_transformers_greedy(tmp_path: Path) -> None:
 def test_resolves_cpu_defaults_and_sizes_kv_cache(tiny_dir: Path) -> None:
     runner = ModelRunner(engine_config(tiny_dir, dtype="auto", device="auto", use_kernels="auto"))
     assert runner.device == torch.device("cpu") or torch.cuda.is_available()
-    assert runner.model.embed_weight.dtype == (
-        torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    )
+    native_bf16 = torch.cuda.is_available() or cpu_has_native_bfloat16()
+    assert runner.model.embed_weight.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
     config = runner.config.model
     element_bytes = runner.kv_cache.element_size()
     assert (
