@@ -183,6 +183,10 @@ def _integers(array: np.ndarray | None) -> list[int]:
 class TritonClient:
     """One Triton endpoint."""
 
+    # After a request's last response: how long Triton may take to end the call once we
+    # half-close it, before we cancel it after all (Triton needs well under a millisecond).
+    end_of_call_timeout_s = 5.0
+
     def __init__(self, url: str, request_timeout_s: float | None = None) -> None:
         self.url = url
         self.request_timeout_s = request_timeout_s
@@ -205,22 +209,62 @@ class TritonClient:
 
         stream = self.client.stream_infer(requests(), stream_timeout=self.request_timeout_s)
         finished: set[int] = set()
+        # True once Triton has ended the request (its last response or an error, which
+        # always comes with the final flag): from then on we must not cancel the call.
+        ended = False
+        call_over = False  # the call itself has ended (status received): nothing to free
         try:
             async for result, error in stream:
                 if error is not None:
+                    ended = True
                     raise error_from_triton(error.message() or str(error), model)
                 output = parse_response(result)
-                yield output
                 finished.update(c.index for c in output.choices if c.finish_reason)
-                if output.final or len(finished) >= num_choices:
+                ended = output.final or len(finished) >= num_choices
+                yield output
+                if ended:
                     return
+            call_over = True  # Triton ended the call itself
         except (grpc.aio.AioRpcError, InferenceServerException) as error:
+            call_over = True  # deadline, unavailable, ...
             raise error_from_grpc(error, model) from None
         finally:
-            # Cancelling the call makes Triton cancel the request (the model sees
-            # is_cancelled()); after the final response it only frees the call.
-            done.set()
+            done.set()  # half-close: no more requests on this stream
+            if not call_over and not ended:
+                # The consumer left early (client disconnect): cancelling the call makes
+                # Triton cancel the request, and the model sees is_cancelled().
+                stream.cancel()
+            elif not call_over:
+                await self._await_end_of_call(stream)
+
+    async def _await_end_of_call(self, stream: Any) -> None:
+        """Let Triton end a finished request's call itself, after our half-close.
+
+        Cancelling the call instead, right after the final response, races Triton 2.51's
+        gRPC stream handler: when the cancellation is handled before the completion of
+        the final write, it cancels the already completed request and then waits for a
+        response callback that never comes, so the call's state and its inference request
+        are never freed. The request keeps a reference to the model, and the model can
+        never unload: at stop Triton waits its whole exit timeout ("Found 1 live
+        models") and the model's finalize() never runs (docs/reliability.md)."""
+
+        async def drain() -> None:
+            async for _ in stream:  # nothing more is expected; drop it if it comes
+                pass
+
+        try:
+            await asyncio.wait_for(drain(), self.end_of_call_timeout_s)
+        except asyncio.TimeoutError:
+            logger.warning(
+                "Triton did not end a finished request's call in %s s; cancelling it",
+                self.end_of_call_timeout_s,
+            )
             stream.cancel()
+        except (grpc.aio.AioRpcError, InferenceServerException):
+            pass  # the call ended with an error status: it is over, nothing to free
+        except BaseException:
+            stream.cancel()  # cancelled while waiting (shutdown): never leave the call open
+            raise
 
     async def list_models(self) -> list[ModelInfo]:
         try:

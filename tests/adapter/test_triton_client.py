@@ -1,12 +1,15 @@
 """The gRPC wrapper without a Triton: tensors built, responses parsed, errors mapped,
-cancellation of the stream when the consumer stops early."""
+cancellation of the stream when the consumer stops early, and no cancellation once the
+request has ended (Triton ends the call after our half-close)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from tritonclient.grpc import InferResult, service_pb2
@@ -151,12 +154,20 @@ def test_error_from_triton(message: str, kind: type, param: str | None) -> None:
 
 
 class FakeStream:
-    """What tritonclient's stream_infer returns: async (result, error) pairs + cancel()."""
+    """What tritonclient's stream_infer returns: async (result, error) pairs + cancel().
 
-    def __init__(self, requests: AsyncIterator[dict[str, Any]], items: list[Any]) -> None:
+    Like Triton, it ends the call (StopAsyncIteration) when its responses are out and the
+    client has half-closed the call (the requests iterator ended); `ends_call=False` is a
+    server that never does."""
+
+    def __init__(
+        self, requests: AsyncIterator[dict[str, Any]], items: list[Any], ends_call: bool = True
+    ) -> None:
         self.requests = requests
         self.items = items
+        self.ends_call = ends_call
         self.cancelled = False
+        self.half_closed = False
         self.sent: list[dict[str, Any]] = []
 
     def __aiter__(self) -> FakeStream:
@@ -166,6 +177,11 @@ class FakeStream:
         if not self.sent:
             self.sent.append(await anext(self.requests))
         if not self.items:
+            async for request in self.requests:  # until the client half-closes
+                self.sent.append(request)
+            self.half_closed = True
+            if not self.ends_call:
+                await asyncio.Event().wait()
             raise StopAsyncIteration
         item = self.items.pop(0)
         if isinstance(item, BaseException):
@@ -178,14 +194,15 @@ class FakeStream:
 
 
 class FakeGrpcClient:
-    def __init__(self, items: list[Any]) -> None:
+    def __init__(self, items: list[Any], ends_call: bool = True) -> None:
         self.items = items
+        self.ends_call = ends_call
         self.streams: list[FakeStream] = []
 
     def stream_infer(
         self, requests: AsyncIterator[dict[str, Any]], stream_timeout: Any = None
     ) -> FakeStream:
-        stream = FakeStream(requests, self.items)
+        stream = FakeStream(requests, self.items, self.ends_call)
         self.streams.append(stream)
         return stream
 
@@ -223,6 +240,28 @@ async def test_generate_stops_at_the_final_response() -> None:
     assert [o.choices[0].text for o in outputs] == ["a", "b"]
     stream = client.client.streams[0]
     assert stream.sent[0]["model_name"] == "m" and stream.sent[0]["request_id"] == "r"
+    # The request ended: half-closed and left for Triton to end, never cancelled (a cancel
+    # racing the final write leaks the request in Triton 2.51, and the model never unloads).
+    assert stream.half_closed and not stream.cancelled
+
+
+async def test_closing_at_the_final_response_does_not_cancel() -> None:
+    client = TritonClient("127.0.0.1:1")
+    client.client = FakeGrpcClient([(running("a"), None), (done("b"), None)])
+    generator = client.generate("m", GenerateInputs("r", text_input="x"))
+    await anext(generator)
+    assert (await anext(generator)).final
+    await generator.aclose()  # the consumer stops at the last output, without iterating on
+    assert client.client.streams[0].half_closed and not client.client.streams[0].cancelled
+
+
+async def test_a_call_triton_does_not_end_is_cancelled_after_the_timeout() -> None:
+    client = TritonClient("127.0.0.1:1")
+    client.end_of_call_timeout_s = 0.05
+    client.client = FakeGrpcClient([(done("a"), None)], ends_call=False)
+    outputs = [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
+    assert len(outputs) == 1
+    assert client.client.streams[0].half_closed and client.client.streams[0].cancelled
 
 
 async def test_generate_stops_when_every_choice_finished() -> None:
@@ -252,7 +291,19 @@ async def test_stream_errors_are_mapped() -> None:
     with pytest.raises(InvalidRequest) as raised:
         [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
     assert raised.value.param == "top_k"
-    assert client.client.streams[0].cancelled
+    # An error response is the request's final one: Triton ends the call, no cancel.
+    assert client.client.streams[0].half_closed and not client.client.streams[0].cancelled
+
+
+async def test_a_call_that_failed_is_neither_cancelled_nor_waited_for() -> None:
+    client = TritonClient("127.0.0.1:1")
+    error = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone"
+    )
+    client.client = FakeGrpcClient([(running("a"), None), error], ends_call=False)
+    with pytest.raises(ServiceUnavailable):
+        [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
+    assert not client.client.streams[0].cancelled
 
 
 async def test_backends_pick_the_least_loaded() -> None:
