@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import re
+import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -117,23 +118,42 @@ def build_inputs(inputs: GenerateInputs) -> list[grpcclient.InferInput]:
     return tensors
 
 
+_INTEGER_FORMATS = {
+    "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q",
+    "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q",
+}  # fmt: skip
+_LENGTH = struct.Struct("<I")  # the 4-byte little-endian length before each BYTES element
+
+
 def parse_response(result: Any) -> GenerateOutput:
-    """A tritonclient InferResult -> GenerateOutput (output names per the contract)."""
-    texts = _strings(result.as_numpy("text_output"))
+    """A tritonclient InferResult -> GenerateOutput (output names per the contract).
+
+    Reads the response's raw output contents directly: tritonclient's `as_numpy` (a numpy
+    array per tensor) made this 27 us per streamed response, against 10 us here.
+    """
+    response = result.get_response()
+    if len(response.outputs) != len(response.raw_output_contents):
+        raise ModelError(
+            f"contract violation: {len(response.outputs)} output tensors but"
+            f" {len(response.raw_output_contents)} raw contents"
+        )
+    tensors = {
+        tensor.name: (tensor.datatype, raw)
+        for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
+    texts = _strings(tensors.get("text_output"))
     count = len(texts)
-    indexes = _integers(result.as_numpy("index")) or list(range(count))
-    reasons = _strings(result.as_numpy("finish_reason")) or [""] * count
-    counts: list[int | None] = (
-        list(_integers(result.as_numpy("num_output_tokens"))) or [None] * count
-    )
-    logprobs = _strings(result.as_numpy("logprobs")) or [""] * count
+    indexes = _integers(tensors.get("index")) or list(range(count))
+    reasons = _strings(tensors.get("finish_reason")) or [""] * count
+    counts: list[int | None] = list(_integers(tensors.get("num_output_tokens"))) or [None] * count
+    logprobs = _strings(tensors.get("logprobs")) or [""] * count
     if not (len(indexes) == len(reasons) == len(counts) == len(logprobs) == count):
         raise ModelError(
             "contract violation: text_output, index, finish_reason, num_output_tokens and"
             f" logprobs must have the same length, got {count}, {len(indexes)}, {len(reasons)},"
             f" {len(counts)}, {len(logprobs)}"
         )
-    input_counts = _integers(result.as_numpy("num_input_tokens"))
+    input_counts = _integers(tensors.get("num_input_tokens"))
     choices = [
         ChoiceDelta(
             index=indexes[i],
@@ -144,10 +164,11 @@ def parse_response(result: Any) -> GenerateOutput:
         )
         for i in range(count)
     ]
-    parameters = result.get_response().parameters
-    final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+    final_flag = response.parameters.get("triton_final_response")
     return GenerateOutput(
-        choices=choices, num_input_tokens=input_counts[0] if input_counts else None, final=final
+        choices=choices,
+        num_input_tokens=input_counts[0] if input_counts else None,
+        final=final_flag is not None and final_flag.bool_param,
     )
 
 
@@ -170,14 +191,37 @@ def parse_logprobs(text: str) -> TokenLogprobs | None:
         raise ModelError(f"contract violation: bad logprobs JSON ({error}): {text[:200]}") from None
 
 
-def _strings(array: np.ndarray | None) -> list[str]:
-    if array is None:
+def _strings(tensor: tuple[str, bytes] | None) -> list[str]:
+    """A BYTES tensor's elements (each a 4-byte length, then the bytes) as text."""
+    if tensor is None:
         return []
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+    datatype, raw = tensor
+    if datatype != "BYTES":
+        raise ModelError(f"contract violation: a text output has datatype {datatype}, not BYTES")
+    values, offset = [], 0
+    while offset < len(raw):
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += _LENGTH.size
+        values.append(raw[offset : offset + length].decode("utf-8"))
+        offset += length
+    if offset != len(raw):
+        raise ModelError("contract violation: a BYTES output is truncated")
+    return values
 
 
-def _integers(array: np.ndarray | None) -> list[int]:
-    return [] if array is None else [int(v) for v in array.reshape(-1)]
+def _integers(tensor: tuple[str, bytes] | None) -> list[int]:
+    if tensor is None:
+        return []
+    datatype, raw = tensor
+    code = _INTEGER_FORMATS.get(datatype)
+    if code is None:
+        raise ModelError(
+            f"contract violation: a count output has datatype {datatype}, not an integer"
+        )
+    count, rest = divmod(len(raw), struct.calcsize(code))
+    if rest:
+        raise ModelError(f"contract violation: a {datatype} output is truncated")
+    return list(struct.unpack(f"<{count}{code}", raw))
 
 
 class TritonClient:

@@ -130,6 +130,25 @@ def test_parse_response_rejects_misaligned_outputs() -> None:
         )
 
 
+def test_parse_response_names_a_malformed_tensor() -> None:
+    text_as_float = infer_result({"text_output": np.array([1.0], dtype=np.float32)})
+    with pytest.raises(ModelError, match="text output has datatype FP32"):
+        parse_response(text_as_float)
+    count_as_text = infer_result({"text_output": strings("a"), "index": strings("0")})
+    with pytest.raises(ModelError, match="count output has datatype BYTES"):
+        parse_response(count_as_text)
+    truncated = infer_result({"text_output": strings("abc")})
+    response = truncated.get_response()
+    response.raw_output_contents[0] = response.raw_output_contents[0][:-1]
+    with pytest.raises(ModelError, match="BYTES output is truncated"):
+        parse_response(InferResult(response))
+    short_count = infer_result({"text_output": strings("a"), "index": np.array([0], np.int32)})
+    response = short_count.get_response()
+    response.raw_output_contents[1] = b"\x00\x00"
+    with pytest.raises(ModelError, match="INT32 output is truncated"):
+        parse_response(InferResult(response))
+
+
 @pytest.mark.parametrize(
     ("message", "kind", "param"),
     [
