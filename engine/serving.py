@@ -40,7 +40,11 @@ _STOP = object()
 
 class EngineService:
     def __init__(self, config: EngineConfig, metrics: EngineMetrics | None = None) -> None:
-        self.engine = LLMEngine(config, metrics=metrics)
+        self._config = config
+        self._metrics = metrics
+        self.engine: LLMEngine  # built by `start`, on the engine thread
+        self._built = threading.Event()
+        self._build_error: BaseException | None = None
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._sinks: dict[int, OutputSink] = {}  # engine thread only
         self._keys = itertools.count()
@@ -53,7 +57,17 @@ class EngineService:
         self._admission = threading.Lock()
 
     def start(self) -> None:
+        """Start the engine thread; it builds the engine (weights, KV cache), then serves.
+        Returns once the engine is built, raising what building it raised.
+
+        The engine is built on the thread that runs it because torch's OpenMP runtime
+        gives every thread that runs a parallel op a team of worker threads of its own:
+        loading on Triton's thread and stepping on this one left two teams on the CPU's
+        cores, and every engine step was 20-35% slower (docs/benchmarks.md)."""
         self._thread.start()
+        self._built.wait()
+        if self._build_error is not None:
+            raise self._build_error
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
         """Validate and tokenize now (raises RequestError), then queue for the engine thread."""
@@ -70,6 +84,13 @@ class EngineService:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        try:
+            self.engine = LLMEngine(self._config, metrics=self._metrics)
+        except BaseException as error:  # start() raises it on the caller's thread
+            self._build_error = error
+            return
+        finally:
+            self._built.set()
         try:
             while self._drain_inbox(block=not self.engine.has_unfinished()):
                 self._abort_cancelled()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -10,8 +11,10 @@ import pytest
 
 from engine.api import GenerationOutput, GenerationRequest, RequestError
 from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.serving import EngineService
+from engine.weights import WeightsError
 
 
 class RecordingSink:
@@ -132,15 +135,17 @@ def test_shutdown_fails_what_is_still_running(default_weights_dir: Path) -> None
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_failed_engine_fails_later_requests_at_once(default_weights_dir: Path) -> None:
+def test_a_failed_engine_fails_later_requests_at_once(
+    default_weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A dead engine thread must not leave requests queued forever (a hang, not an error)."""
     parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16"}
     service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
 
-    def broken_step() -> list:
+    def broken_step(self: LLMEngine) -> list:
         raise RuntimeError("simulated kernel failure")
 
-    service.engine.step = broken_step  # type: ignore[method-assign]
+    monkeypatch.setattr(LLMEngine, "step", broken_step)
     service.start()
     first = RecordingSink()
     service.submit(_request(8), first)
@@ -150,3 +155,33 @@ def test_a_failed_engine_fails_later_requests_at_once(default_weights_dir: Path)
         service.submit(_request(8), RecordingSink())
     assert error.value.kind == "unavailable"
     service.shutdown()
+
+
+def test_start_builds_the_engine_on_its_thread_and_raises_what_building_raised(
+    default_weights_dir: Path, tmp_path: Path
+) -> None:
+    built_on: list[str] = []
+    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16"}
+    service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
+    real_init = LLMEngine.__init__
+
+    def recording_init(self: LLMEngine, *args: object, **kwargs: object) -> None:
+        built_on.append(threading.current_thread().name)
+        real_init(self, *args, **kwargs)
+
+    try:
+        LLMEngine.__init__ = recording_init  # type: ignore[method-assign]
+        service.start()
+    finally:
+        LLMEngine.__init__ = real_init  # type: ignore[method-assign]
+    assert built_on == ["tritium-engine"]  # the thread that steps it (see EngineService.start)
+    service.shutdown()
+
+    no_weights = tmp_path / "weights"
+    no_weights.mkdir()
+    for path in default_weights_dir.iterdir():
+        if path.suffix != ".safetensors":
+            shutil.copy(path, no_weights / path.name)
+    broken = EngineService(EngineConfig.from_parameters(no_weights, parameters))
+    with pytest.raises(WeightsError):  # raised on the engine thread, re-raised here
+        broken.start()

@@ -1,0 +1,66 @@
+"""One engine step under the microscope: the time of a decode step at a batch size, and
+where it goes (torch.profiler, by operator).
+
+    .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 32
+
+Prefills `--num-seqs` random 128-token prompts, then times `--steps` decode steps (all
+sequences decoding, contexts of 129 and up) and profiles `--profile-steps` more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.engine_offline import _default_weights_dir, synthetic_prompts
+from engine.api import GenerationRequest
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine, PreparedRequest
+from engine.sampling_params import SamplingParams
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--num-seqs", type=int, default=32)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--profile-steps", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=12, help="operators listed")
+    args = parser.parse_args(argv)
+
+    weights_dir = _default_weights_dir()
+    parameters = {"max_num_seqs": str(args.num_seqs), "max_num_batched_tokens": "512",
+                  "max_model_len": "2048", "kv_cache_memory_mb": "1024", "dtype": args.dtype}  # fmt: skip
+    engine = LLMEngine(EngineConfig.from_parameters(weights_dir, parameters))
+    decode_steps = args.steps + args.profile_steps + 1
+    params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True)
+    for key, prompt in enumerate(synthetic_prompts(args.num_seqs, args.input_len, 49152)):
+        request = GenerationRequest(request_id=str(key), params=params, prompt="")
+        engine.add_request(key, PreparedRequest(request, prompt, "", decode_steps + 1))
+    started = time.perf_counter()
+    while any(
+        seq.num_output_tokens == 0 for seq in engine.scheduler.running + list(engine.scheduler.waiting)
+    ):
+        engine.step()
+    prefill_s = time.perf_counter() - started
+    times = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - started)
+    dtype = engine.runner.dtype
+    print(f"{args.num_seqs} sequences, {dtype}: prefill {prefill_s:.2f} s; decode step median "
+          f"{statistics.median(times) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms")  # fmt: skip
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(args.profile_steps):
+            engine.step()
+    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
+    print(f"per {args.profile_steps} decode steps:\n{table}")
+
+
+if __name__ == "__main__":
+    main()
