@@ -48,6 +48,9 @@ async def client_loop(
                 counts[str(status)] = counts.get(str(status), 0) + 1
             except httpx.TimeoutException:
                 counts["dropped"] = counts.get("dropped", 0) + 1
+            except httpx.TransportError:  # the stack is not answering: a failure, with logs below
+                counts["unreachable"] = counts.get("unreachable", 0) + 1
+                await asyncio.sleep(1.0)
             if drop and stream:
                 counts["dropped"] = counts.get("dropped", 0) + 1
 
@@ -109,7 +112,12 @@ def main() -> int:
             notable = [line for line in triton_log.splitlines() if line[:2] in ("W1", "E1")]
             print("warnings and errors:\n" + "\n".join(line[:300] for line in notable[:12]))
         server_errors = sum(count for status, count in counts.items() if status.startswith("5"))
-        failed = stuck != 0 or not unloaded or server_errors != 0
+        unreachable = counts.get("unreachable", 0)
+        failed = stuck != 0 or not unloaded or server_errors != 0 or unreachable != 0
+        if unreachable:
+            for name in ("serve.log", "adapter.log"):
+                lines = (log_dir / name).read_text(errors="replace").splitlines()
+                print(f"{name} tail:\n" + "\n".join(line[:300] for line in lines[-8:]))
     print("FAIL" if failed else "PASS")
     return 1 if failed else 0
 
