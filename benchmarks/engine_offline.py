@@ -64,7 +64,7 @@ def run_engine(
 ) -> Result:
     """`warmup` prompts run first, unmeasured (default: one short prompt, for first-call
     allocations); a whole wave of other prompts also warms oneDNN's kernels for every
-    batch shape, which the first wave otherwise pays for (about 8% of it here)."""
+    batch shape, which the first wave otherwise pays for."""
     parameters = {
         "max_num_seqs": str(max_num_seqs),
         "max_num_batched_tokens": str(max(512, max_num_seqs)),
