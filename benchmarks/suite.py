@@ -37,8 +37,8 @@ BAR_CONCURRENCY = 32
 # (concurrency, requests): one wave of requests per level. On 2 busy CPU cores one wave at
 # concurrency 32 (4,096 prompt + 4,096 output tokens) takes the engine about 5 minutes.
 SWEEP = ((1, 2), (4, 4), (BAR_CONCURRENCY, BAR_CONCURRENCY))
-# The engine as the offline benchmark runs it (benchmarks/engine_offline.py), so that
-# "engine offline" and "through Triton" differ only by what is in front of the engine.
+# The engine's sizes as the offline benchmark's `run_engine` sets them, and the dtype passed
+# to it, so that "engine offline" and "through Triton" differ only by what is in front.
 ENGINE_PARAMETERS = {
     "max_num_seqs": str(BAR_CONCURRENCY),
     "max_num_batched_tokens": "512",

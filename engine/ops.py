@@ -133,11 +133,6 @@ class TorchOps:
         return self._planned[1]
 
 
-# Both plans read the context a whole KV block at a time: `index_select` of blocks is one
-# contiguous copy per block (block_size * num_kv_heads * head_dim elements), several times
-# faster on CPU than gathering token slots with advanced indexing.
-
-
 @dataclass(frozen=True)
 class _DecodePlan:
     """Sequences with one new token, batched; context padded to the longest, in blocks."""
@@ -213,7 +208,10 @@ def _gather_context(
     block_index: torch.Tensor,  # [S * nb] int64
     num_seqs: int,
 ) -> torch.Tensor:  # [S, Hkv, nb * block_size, D], a transposed view of one copy
-    _, block_size, num_kv_heads, head_dim = cache.shape
+    """Each sequence's context, read a whole KV block at a time: `index_select` of blocks
+    is one contiguous copy per block, several times faster on CPU than gathering token
+    slots with advanced indexing (docs/benchmarks.md)."""
+    num_kv_heads, head_dim = cache.shape[2], cache.shape[3]
     blocks = cache.index_select(0, block_index)  # [S * nb, block_size, Hkv, D]
     return blocks.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
 

@@ -158,7 +158,7 @@ def test_a_failed_engine_fails_later_requests_at_once(
 
 
 def test_start_builds_the_engine_on_its_thread_and_raises_what_building_raised(
-    default_weights_dir: Path, tmp_path: Path
+    default_weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built_on: list[str] = []
     parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16"}
@@ -169,11 +169,9 @@ def test_start_builds_the_engine_on_its_thread_and_raises_what_building_raised(
         built_on.append(threading.current_thread().name)
         real_init(self, *args, **kwargs)
 
-    try:
-        LLMEngine.__init__ = recording_init  # type: ignore[method-assign]
-        service.start()
-    finally:
-        LLMEngine.__init__ = real_init  # type: ignore[method-assign]
+    monkeypatch.setattr(LLMEngine, "__init__", recording_init)
+    service.start()
+    monkeypatch.undo()
     assert built_on == ["tritium-engine"]  # the thread that steps it (see EngineService.start)
     service.shutdown()
 

@@ -99,8 +99,13 @@ def main() -> int:
             assert load.completes_normally(stack)
             counts = asyncio.run(soak(stack, args.minutes, args.clients, args.drop_fraction))
             print(f"answers: {dict(sorted(counts.items()))}")
-            idle_after = load.wait_engine_idle(stack, 0.0, 10)
-            stuck = load.engine_busy(stack)
+            try:
+                idle_after = load.wait_engine_idle(stack, 0.0, 10)
+                stuck = load.engine_busy(stack)
+            except httpx.TransportError as error:  # Triton is gone too: fail, with the logs
+                counts["unreachable"] = counts.get("unreachable", 0) + 1
+                idle_after, stuck = None, float("nan")
+                print(f"Triton's metrics did not answer: {error}")
             print(f"stuck requests after the load: {stuck:g} (idle after {idle_after} s)")
             log_dir = stack.log_path.parent
         triton_log = (log_dir / "tritonserver.log").read_text(errors="replace")
