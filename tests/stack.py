@@ -234,7 +234,12 @@ def stop_serve(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def scratch_dir(prefix: str) -> Iterator[Path]:
-    """A temporary working directory for a stress script's stack."""
+def scratch_dir(prefix: str, keep: Path | None = None) -> Iterator[Path]:
+    """A working directory for a stress script's stack: temporary, or ``keep`` (created
+    if needed, left in place with the stack's logs and repository for a post-mortem)."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
     with tempfile.TemporaryDirectory(prefix=prefix) as directory:
         yield Path(directory)

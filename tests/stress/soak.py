@@ -3,7 +3,10 @@ clients hanging up early), reporting resident memory growth per minute of the ad
 tritonserver and the Python-backend stub, stuck requests at the end, and whether the
 model unloads cleanly when the stack stops.
 
-    python -m tests.stress.soak [--minutes 10] [--clients 8]
+    python -m tests.stress.soak [--minutes 10] [--clients 8] [--keep DIR]
+
+With ``--keep DIR`` the stack runs in DIR and its logs (``DIR/logs``: serve.log,
+tritonserver.log, adapter.log) stay there afterwards.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import random
 import time
+from pathlib import Path
 
 import httpx
 
@@ -93,8 +97,11 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--drop-fraction", type=float, default=0.10, help="clients that hang up")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="run the stack in DIR and keep its logs there"
+    )
     args = parser.parse_args()
-    with scratch_dir("tritium-soak-") as work:
+    with scratch_dir("tritium-soak-", keep=args.keep) as work:
         with running_stack(default_weights_dir(), work) as stack:
             assert load.completes_normally(stack)
             counts = asyncio.run(soak(stack, args.minutes, args.clients, args.drop_fraction))
