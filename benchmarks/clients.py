@@ -177,19 +177,44 @@ class TritonGrpcBackend:
             await done.wait()  # keep the stream open until the final response
 
         stream = self.client.stream_infer(requests())
+        ended = False  # Triton ended the request (final response or error)
         try:
             async for result, error in stream:
                 if error is not None:
                     record.error = str(error)[:300]
+                    ended = True
                     return
                 if self._on_response(result, record):
+                    ended = True
                     return
+            ended = True  # Triton ended the call itself
         except Exception as error:  # grpc and tritonclient errors have no common base
             record.error = f"{type(error).__name__}: {error}"[:300]
+            ended = True
         finally:
             record.latency = time.perf_counter() - record.sent_at
-            done.set()
+            done.set()  # half-close
+            if ended:
+                await self._end_call(stream)
+            else:
+                stream.cancel()  # cut short (time limit): Triton cancels the request
+
+    @staticmethod
+    async def _end_call(stream: Any) -> None:
+        """Let Triton end the call after our half-close: cancelling a call whose request
+        has just ended can leak the request in Triton 2.51, and the model then never
+        unloads (docs/reliability.md, item 8)."""
+
+        async def drain() -> None:
+            async for _ in stream:
+                pass
+
+        try:
+            await asyncio.wait_for(drain(), 5.0)
+        except asyncio.TimeoutError:
             stream.cancel()
+        except Exception:  # the call ended with an error status: nothing left to free
+            pass
 
     @staticmethod
     def _on_response(result: Any, record: RequestRecord) -> bool:

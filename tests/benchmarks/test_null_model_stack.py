@@ -80,3 +80,23 @@ def test_tritium_bench_through_the_adapter(null_stack: Endpoints, tmp_path: Path
         )  # words, the null tokenizer
         assert summary["goodput_requests_per_s"] == pytest.approx(summary["requests_per_s"])
     assert {p.name for p in tmp_path.iterdir()} >= {"smoke.csv", "smoke.md", "smoke-throughput.png"}
+
+
+def test_bench_over_triton_grpc_leaves_the_model_unloadable(tmp_path: Path) -> None:
+    """The benchmark's Triton client half-closes ended calls instead of cancelling them
+    (a cancel racing the final write leaks the request in Triton 2.51, and the model
+    never unloads): after a few hundred requests the stack stops with the model unloaded."""
+    repository = write_null_repository(tmp_path / "repository", {"null-1": 1})
+    with tritium_stack(repository, tmp_path / "logs", startup_timeout_s=120) as endpoints:
+        command = [
+            sys.executable, "-m", "tritium", "bench", "--backend", "triton-grpc",
+            "--url", endpoints.triton_grpc_url, "--model", "null-1", "--num-prompts", "300",
+            "--input-len", "4", "--output-len", "2", "--concurrency", "16", "--warmup", "0",
+            "--label", "grpc", "--output-dir", str(tmp_path / "results"), "--no-progress",
+        ]  # fmt: skip
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((tmp_path / "results" / "grpc.json").read_text())[0]["levels"][0]
+        assert (summary["summary"]["completed"], summary["summary"]["failed"]) == (300, 0)
+    triton_log = (tmp_path / "logs" / "tritonserver.log").read_text(errors="replace")
+    assert "successfully unloaded" in triton_log, triton_log[-2000:]
