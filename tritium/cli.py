@@ -103,8 +103,9 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         metavar="N",
-        help="restart Triton in place at most N times when a model's backend dies or Triton "
-        "stays unready; one more failure and serve exits non-zero (default: %(default)d)",
+        help="restart Triton in place at most N times in all when it exits, a model's backend "
+        "dies or Triton stays unready; one more failure and serve exits non-zero "
+        "(default: %(default)d)",
     )
     launcher.add_argument(
         "--unready-grace",

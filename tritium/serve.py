@@ -1,11 +1,11 @@
 """`tritium serve`: start tritonserver and the OpenAI adapter, supervise both.
 
 Order: tritonserver first, wait until ``/v2/health/ready`` (every model loaded), then
-the adapter, wait until it accepts connections, print how to reach it. If either
-child dies, the other is stopped and the launcher exits non-zero with the dead
-child's log tail. A tritonserver that is alive but cannot serve (a dead Python-backend
-stub, or unready for long; see `tritium.supervision`) is restarted in place, at most
-``max_triton_restarts`` times, then treated like a dead child. SIGINT/SIGTERM/SIGHUP
+the adapter, wait until it accepts connections, print how to reach it. A tritonserver
+that exits, or is alive but cannot serve (a dead Python-backend stub, or unready for
+long; see `tritium.supervision`), is restarted in place, at most ``max_triton_restarts``
+times in all; one failure more, or the adapter dying, stops everything and the launcher
+exits non-zero with the failed child's log tail. SIGINT/SIGTERM/SIGHUP
 stop both (adapter first, so no request arrives at a Triton that is shutting down) and
 exit 0.
 """
@@ -177,9 +177,11 @@ def supervise(
     keeper: TritonKeeper | None = None,
 ) -> None:
     """Block until ``stop_event`` is set (return) or a child exits (raise LaunchError);
-    ``keeper`` restarts a tritonserver that is alive but cannot serve."""
+    ``keeper`` restarts a tritonserver that exited or cannot serve, within its budget."""
     while not stop_event.wait(SUPERVISE_INTERVAL_SECONDS):
         for child in children:
+            if keeper is not None and child is keeper.triton:
+                continue  # the keeper's business
             exit_code = child.exit_code()
             if exit_code is not None:
                 raise LaunchError(
@@ -219,18 +221,29 @@ class TritonKeeper:
         if not self.stop_event.is_set():
             self.watch.arm()
 
+    @property
+    def triton(self) -> ChildProcess:
+        return self.children[0]
+
     def check(self) -> None:
-        problem = self.watch.problem() if self.watch is not None else None
-        if problem is None:
-            return
-        triton = self.children[0]
+        """Restart a tritonserver that exited or cannot serve; LaunchError past the budget."""
+        triton = self.triton
+        exit_code = triton.exit_code()
+        if exit_code is not None:
+            what = f"stopped unexpectedly ({describe_exit(exit_code)})"
+            reason = f"it {what}"
+        else:
+            problem = self.watch.problem() if self.watch is not None else None
+            if problem is None:
+                return
+            what, reason = f"cannot serve ({problem})", problem
         limit = self.options.max_triton_restarts
         if self.restarts >= limit:
             raise LaunchError(
-                failure_report(triton, f"cannot serve ({problem}) after {limit} restarts")
+                failure_report(triton, f"{what} after {limit} restarts" if limit else what)
             )
         self.restarts += 1
-        say(f"restarting tritonserver: {problem} (restart {self.restarts} of {limit})")
+        say(f"restarting tritonserver: {reason} (restart {self.restarts} of {limit})")
         stop_child(triton, RESTART_GRACE_SECONDS)
         self.children.remove(triton)
         remove_shared_memory(self.shm_prefix)

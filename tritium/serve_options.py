@@ -42,8 +42,8 @@ class ServeOptions:
     # Time each child gets between SIGTERM and SIGKILL; Triton is told to finish
     # in-flight requests a little sooner (see triton_exit_timeout_seconds).
     stop_grace_seconds: float = 40.0
-    # Restarts of a tritonserver that is alive but cannot serve (a dead Python-backend
-    # stub, unready past `unready_grace_seconds`); one more and serve exits non-zero.
+    # Restarts of a tritonserver that exited or cannot serve (a dead Python-backend stub,
+    # unready past `unready_grace_seconds`); one more failure and serve exits non-zero.
     max_triton_restarts: int = 3
     unready_grace_seconds: float = 10.0
     # `python -m <adapter_module>`; tests put a stand-in here.

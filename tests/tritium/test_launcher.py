@@ -366,7 +366,10 @@ def test_triton_crash_is_reported_and_leaves_nothing_behind(
     fake_adapter: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    options = serve_options(tmp_path, echo_repository, adapter_module=fake_adapter)
+    # No restart budget: the crash ends serve (tests/tritium/test_supervision.py restarts).
+    options = serve_options(
+        tmp_path, echo_repository, adapter_module=fake_adapter, max_triton_restarts=0
+    )
     before = set(children_of(os.getpid()))  # e.g. a session-wide stack of other tests
     with RunInThread(options) as launcher:
         wait_for_banner(capsys)

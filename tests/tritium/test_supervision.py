@@ -16,6 +16,7 @@ from tests.tritium.test_launcher import (  # noqa: F401 - fixtures used by name
     command_name,
     echo_repository,
     fake_adapter,
+    is_alive,
     private_cache,
     serve_options,
     stream_echo,
@@ -116,3 +117,34 @@ def test_a_killed_stub_restarts_triton_until_the_budget_is_spent(
     error = capsys.readouterr().err
     assert "cannot serve (a Python backend stub died (0 of 1 alive)" in error
     assert "after 1 restarts" in error
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    tritonserver.pytriton_server_root() is None and "TRITONSERVER" not in os.environ,
+    reason="no tritonserver (install nvidia-pytriton)",
+)
+def test_a_killed_tritonserver_is_restarted_in_place_and_its_orphans_swept(
+    tmp_path: Path,
+    echo_repository: Path,  # noqa: F811
+    fake_adapter: str,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    options = serve_options(
+        tmp_path, echo_repository, adapter_module=fake_adapter, max_triton_restarts=1
+    )
+    grpc_url = f"127.0.0.1:{options.grpc_port}"
+    with RunInThread(options) as launcher:
+        wait_for_banner(capsys)
+        (triton,) = [pid for pid in children_of(os.getpid()) if command_name(pid) == "tritonserver"]
+        (stub,) = children_of(triton)
+        os.kill(triton, signal.SIGKILL)  # its stub is orphaned, and holds the old shm regions
+        assert wait_until(lambda: "tritonserver ready" in capsys.readouterr().out, 60, 0.2)
+        assert not is_alive(stub)
+        assert stream_echo(grpc_url, "still here") == ["still", "here"]
+        (again,) = [pid for pid in children_of(os.getpid()) if command_name(pid) == "tritonserver"]
+        os.kill(again, signal.SIGKILL)  # past the budget of one restart
+        launcher.thread.join(timeout=60)
+    assert launcher.exit_status == 1
+    error = capsys.readouterr().err
+    assert "tritonserver stopped unexpectedly (signal SIGKILL) after 1 restarts" in error
