@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import struct
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -85,16 +86,23 @@ def error_from_grpc(error: grpc.aio.AioRpcError | InferenceServerException, mode
     return error_from_triton(message, model)
 
 
-def build_inputs(inputs: GenerateInputs) -> list[grpcclient.InferInput]:
+def scalar_input(name: str, value: str | bool) -> grpcclient.InferInput:
+    """A shape-[1] STRING (BYTES) or BOOL request tensor."""
+    is_text = isinstance(value, str)
+    tensor = grpcclient.InferInput(name, [1], "BYTES" if is_text else "BOOL")
+    data = np.array([value.encode("utf-8")], dtype=np.object_) if is_text else np.array([value])
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def build_inputs(
+    inputs: GenerateInputs, cancellation_key: str | None = None
+) -> list[grpcclient.InferInput]:
     """The request tensors of the contract (shape [1], but input_ids [num_tokens])."""
     tensors: list[grpcclient.InferInput] = []
 
     def add(name: str, value: str | bool) -> None:
-        is_text = isinstance(value, str)
-        tensor = grpcclient.InferInput(name, [1], "BYTES" if is_text else "BOOL")
-        data = np.array([value.encode("utf-8")], dtype=np.object_) if is_text else np.array([value])
-        tensor.set_data_from_numpy(data)
-        tensors.append(tensor)
+        tensors.append(scalar_input(name, value))
 
     if inputs.messages is not None:
         add("messages", json.dumps(inputs.messages, ensure_ascii=False))
@@ -115,7 +123,22 @@ def build_inputs(inputs: GenerateInputs) -> list[grpcclient.InferInput]:
         add(flag, True)
     if inputs.return_logprobs:  # only then: models without logprobs still serve the rest
         add("return_logprobs", True)
+    if cancellation_key is not None:  # only for models with in-band cancellation
+        add("cancellation_key", cancellation_key)
     return tensors
+
+
+def cancel_request(model: str, request_id: str, cancellation_key: str) -> dict[str, Any]:
+    """The in-band cancel of the request sent with ``cancellation_key`` (a second request
+    on the same stream; the model answers it with nothing but its final flag)."""
+    return {
+        "model_name": model,
+        "inputs": [
+            scalar_input("cancel", True),
+            scalar_input("cancellation_key", cancellation_key),
+        ],
+        "request_id": f"{request_id}-cancel",
+    }
 
 
 _INTEGER_FORMATS = {
@@ -228,34 +251,44 @@ def _integers(tensor: tuple[str, bytes] | None) -> list[int]:
 class TritonClient:
     """One Triton endpoint."""
 
-    # After a request's last response: how long Triton may take to end the call once we
-    # half-close it, before we cancel it after all (Triton needs well under a millisecond).
+    # After a request's last response, or after its in-band cancel: how long Triton may
+    # take to end the call once we half-close it, before we cancel the call after all
+    # (Triton needs well under a millisecond for an ended request, one engine step for
+    # a cancelled one).
     end_of_call_timeout_s = 5.0
 
     def __init__(self, url: str, request_timeout_s: float | None = None) -> None:
         self.url = url
         self.request_timeout_s = request_timeout_s
         self.client = grpcclient.InferenceServerClient(url=url)
+        # Models whose configuration has the in-band cancellation inputs (`cancel` and
+        # `cancellation_key`), learnt by `list_models`; others get their calls cancelled.
+        self.cancels_in_band: set[str] = set()
+        self._ending_calls: set[asyncio.Task[None]] = set()
 
     async def generate(
         self, model: str, inputs: GenerateInputs
     ) -> AsyncGenerator[GenerateOutput, None]:
         num_choices = int(inputs.sampling_parameters.get("n") or 1)
-        done = asyncio.Event()
-
-        async def requests() -> AsyncIterator[dict[str, Any]]:
-            yield {
+        key = uuid.uuid4().hex if model in self.cancels_in_band else None
+        outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        outbox.put_nowait(
+            {
                 "model_name": model,
-                "inputs": build_inputs(inputs),
+                "inputs": build_inputs(inputs, cancellation_key=key),
                 "request_id": inputs.request_id,
             }
-            # Hold the stream open: we end it ourselves (final response or cancellation).
-            await done.wait()
+        )
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            # The stream stays open until we put None (half-close) or cancel the call.
+            while (request := await outbox.get()) is not None:
+                yield request
 
         stream = self.client.stream_infer(requests(), stream_timeout=self.request_timeout_s)
         finished: set[int] = set()
         # True once Triton has ended the request (its last response or an error, which
-        # always comes with the final flag): from then on we must not cancel the call.
+        # always comes with the final flag): from then on there is nothing to cancel.
         ended = False
         call_over = False  # the call itself has ended (status received): nothing to free
         try:
@@ -274,34 +307,55 @@ class TritonClient:
             call_over = True  # deadline, unavailable, ...
             raise error_from_grpc(error, model) from None
         finally:
-            done.set()  # half-close: no more requests on this stream
-            if not call_over and not ended:
-                # The consumer left early (client disconnect): cancelling the call makes
-                # Triton cancel the request, and the model sees is_cancelled().
+            if call_over:
+                pass
+            elif ended or key is not None:
+                if not ended:
+                    # The consumer left early (a client disconnect): the model stops the
+                    # request when this second request on the stream reaches it.
+                    outbox.put_nowait(cancel_request(model, inputs.request_id, key))
+                outbox.put_nowait(None)  # half-close: Triton ends the call when both are done
+                self._end_call_later(stream, inputs.request_id)
+            else:
+                # A model without in-band cancellation: cancelling the call makes Triton
+                # cancel the request, and the model sees is_cancelled().
+                outbox.put_nowait(None)
                 stream.cancel()
-            elif not call_over:
-                await self._await_end_of_call(stream)
 
-    async def _await_end_of_call(self, stream: Any) -> None:
-        """Let Triton end a finished request's call itself, after our half-close.
+    def _end_call_later(self, stream: Any, request_id: str) -> None:
+        """Wait for Triton to end a half-closed call in a task of its own: the consumer
+        may be a task being cancelled (a client disconnect), where every await would be
+        interrupted and the call would end up cancelled, the very thing to avoid."""
+        task = asyncio.get_running_loop().create_task(self._await_end_of_call(stream, request_id))
+        self._ending_calls.add(task)
+        task.add_done_callback(self._ending_calls.discard)
 
-        Cancelling the call instead, right after the final response, races Triton 2.51's
+    async def _await_end_of_call(self, stream: Any, request_id: str) -> None:
+        """Let Triton end a call we half-closed, rather than cancel it.
+
+        Cancelling a call as its request's final response is written races Triton 2.51's
         gRPC stream handler: when the cancellation is handled before the completion of
         the final write, it cancels the already completed request and then waits for a
         response callback that never comes, so the call's state and its inference request
         are never freed. The request keeps a reference to the model, and the model can
         never unload: at stop Triton waits its whole exit timeout ("Found 1 live
-        models") and the model's finalize() never runs (docs/reliability.md)."""
+        models") and the model's finalize() never runs (docs/reliability.md). So calls
+        are only ever cancelled when Triton does not end them in time, or when the model
+        refused an in-band cancel."""
 
         async def drain() -> None:
-            async for _ in stream:  # nothing more is expected; drop it if it comes
-                pass
+            async for _, error in stream:  # the rest of a cancelled request: dropped
+                if error is not None:  # the cancel request failed: fall back to Triton's
+                    logger.warning("in-band cancel of %s failed: %s", request_id, error)
+                    stream.cancel()
+                    return
 
         try:
             await asyncio.wait_for(drain(), self.end_of_call_timeout_s)
         except asyncio.TimeoutError:
             logger.warning(
-                "Triton did not end a finished request's call in %s s; cancelling it",
+                "Triton did not end the call of %s in %s s; cancelling it",
+                request_id,
                 self.end_of_call_timeout_s,
             )
             stream.cancel()
@@ -310,6 +364,11 @@ class TritonClient:
         except BaseException:
             stream.cancel()  # cancelled while waiting (shutdown): never leave the call open
             raise
+
+    async def wait_for_calls(self) -> None:
+        """Until every half-closed call has ended (or been cancelled)."""
+        while self._ending_calls:
+            await asyncio.gather(*self._ending_calls, return_exceptions=True)
 
     async def list_models(self) -> list[ModelInfo]:
         try:
@@ -326,6 +385,10 @@ class TritonClient:
         if not input_names & {"text_input", "messages"}:
             return None  # not an LLM of the contract (a tokenizer, an embedding model, ...)
         length = config.get("parameters", {}).get("max_model_len", {}).get("string_value")
+        if {"cancel", "cancellation_key"} <= input_names:
+            self.cancels_in_band.add(name)
+        else:
+            self.cancels_in_band.discard(name)
         return ModelInfo(
             id=name,
             max_model_len=int(length) if length and length.isdigit() else None,
@@ -341,4 +404,5 @@ class TritonClient:
             return False
 
     async def close(self) -> None:
+        await self.wait_for_calls()
         await self.client.close()

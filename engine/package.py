@@ -246,6 +246,10 @@ def render_config_pbtxt(name: str, model: ModelConfig, parameters: dict[str, str
         ("return_num_input_tokens", "TYPE_BOOL", "1"),
         ("return_num_output_tokens", "TYPE_BOOL", "1"),
         ("return_logprobs", "TYPE_BOOL", "1"),
+        # In-band cancellation (docs/api.md): a key sent with a request, and a request
+        # with `cancel` true and that key, which stops it.
+        ("cancellation_key", "TYPE_STRING", "1"),
+        ("cancel", "TYPE_BOOL", "1"),
     ]
     outputs = [
         ("text_output", "TYPE_STRING", "-1"),

@@ -8,6 +8,7 @@ through `TritonSink`. The tensor contract is in docs/api.md.
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,26 @@ class TritonPythonModel:
         config = EngineConfig.from_parameters(weights_dir, parameters)
         self.metrics = EngineMetrics(_TritonMetricSink(args["model_name"]))
         self.service = EngineService(config, metrics=self.metrics)
+        # In-flight requests by their `cancellation_key`: an entry goes with its sink,
+        # which the engine drops when the request ends.
+        self.cancellable: weakref.WeakValueDictionary[str, TritonSink] = (
+            weakref.WeakValueDictionary()
+        )
         self.service.start()
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                self.service.submit(_parse_request(request), TritonSink(sender))
+                key = _string_input(request, "cancellation_key")
+                if _bool_input(request, "cancel"):
+                    self._cancel(key)
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    continue
+                sink = TritonSink(sender)
+                self.service.submit(_parse_request(request), sink)
+                if key:
+                    self.cancellable[key] = sink
             except RequestError as error:
                 sender.send(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(error.triton_message)),
@@ -61,33 +75,49 @@ class TritonPythonModel:
                 )
         return None
 
+    def _cancel(self, key: str | None) -> None:
+        """A cancel request (`cancel` true): stop the request sent with `cancellation_key`.
+
+        The adapter cancels in band rather than by cancelling its gRPC call, which
+        Triton 2.51 can turn into a leaked request when the call is cancelled as the
+        request's final response is written (docs/reliability.md, item 8). A key that is
+        not in flight (its request has ended) is nothing to do: requests on one stream
+        are executed in order, so a cancel never arrives before its request."""
+        if not key:
+            raise RequestError("a cancel request names the request to stop", "cancellation_key")
+        sink = self.cancellable.pop(key, None)
+        if sink is not None:
+            sink.cancel()  # the engine thread aborts it at its next step and ends it
+
     def finalize(self) -> None:
         self.service.shutdown()
 
 
+def _string_input(request: Any, name: str) -> str | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    value = tensor.as_numpy().reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _bool_input(request: Any, name: str) -> bool | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
+
+
 def _parse_request(request: Any) -> GenerationRequest:
-    def string_input(name: str) -> str | None:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        if tensor is None:
-            return None
-        value = tensor.as_numpy().reshape(-1)[0]
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-    def bool_input(name: str) -> bool | None:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
-
     def token_ids_input(name: str) -> list[int] | None:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         return None if tensor is None else [int(v) for v in tensor.as_numpy().reshape(-1)]
 
-    flags = {name: bool_input(name) for name in BOOL_INPUTS}
+    flags = {name: _bool_input(request, name) for name in BOOL_INPUTS}
     return GenerationRequest.from_contract(
         request_id=request.request_id() or "",
-        text_input=string_input("text_input"),
-        messages=string_input("messages"),
+        text_input=_string_input(request, "text_input"),
+        messages=_string_input(request, "messages"),
         input_ids=token_ids_input("input_ids"),
-        sampling_parameters=string_input("sampling_parameters"),
+        sampling_parameters=_string_input(request, "sampling_parameters"),
         flags={name: value for name, value in flags.items() if value is not None},
     )
 
@@ -97,9 +127,14 @@ class TritonSink:
 
     def __init__(self, sender: Any) -> None:
         self.sender = sender
+        self.cancelled = False  # set by a cancel request (any thread); read by the engine
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def is_cancelled(self) -> bool:
-        return self.sender.is_cancelled()
+        # In band (a cancel request) or by Triton (its gRPC call was cancelled).
+        return self.cancelled or self.sender.is_cancelled()
 
     def close(self) -> None:
         # An empty final response: Triton frees the request (nothing reaches the client).

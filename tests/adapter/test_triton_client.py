@@ -1,6 +1,7 @@
-"""The gRPC wrapper without a Triton: tensors built, responses parsed, errors mapped,
-cancellation of the stream when the consumer stops early, and no cancellation once the
-request has ended (Triton ends the call after our half-close)."""
+"""The gRPC wrapper without a Triton: tensors built, responses parsed, errors mapped;
+when the consumer stops early, an in-band cancel for models that take one (else the
+call is cancelled), and no cancellation once the request has ended (Triton ends the
+call after our half-close)."""
 
 from __future__ import annotations
 
@@ -257,6 +258,7 @@ async def test_generate_stops_at_the_final_response() -> None:
     )
     outputs = [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
     assert [o.choices[0].text for o in outputs] == ["a", "b"]
+    await client.wait_for_calls()
     stream = client.client.streams[0]
     assert stream.sent[0]["model_name"] == "m" and stream.sent[0]["request_id"] == "r"
     # The request ended: half-closed and left for Triton to end, never cancelled (a cancel
@@ -271,6 +273,7 @@ async def test_closing_at_the_final_response_does_not_cancel() -> None:
     await anext(generator)
     assert (await anext(generator)).final
     await generator.aclose()  # the consumer stops at the last output, without iterating on
+    await client.wait_for_calls()
     assert client.client.streams[0].half_closed and not client.client.streams[0].cancelled
 
 
@@ -280,6 +283,7 @@ async def test_a_call_triton_does_not_end_is_cancelled_after_the_timeout() -> No
     client.client = FakeGrpcClient([(done("a"), None)], ends_call=False)
     outputs = [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
     assert len(outputs) == 1
+    await client.wait_for_calls()
     assert client.client.streams[0].half_closed and client.client.streams[0].cancelled
 
 
@@ -294,13 +298,95 @@ async def test_generate_stops_when_every_choice_finished() -> None:
     assert len(outputs) == 2
 
 
-async def test_closing_early_cancels_the_grpc_stream() -> None:
+async def test_closing_early_cancels_the_grpc_stream_of_a_model_without_in_band_cancel() -> None:
     client = TritonClient("127.0.0.1:1")
     client.client = FakeGrpcClient([(running("a"), None), (running("b"), None)])
     generator = client.generate("m", GenerateInputs("r", text_input="x"))
     assert (await anext(generator)).choices[0].text == "a"
     await generator.aclose()
+    stream = client.client.streams[0]
+    assert stream.cancelled
+    assert not any(t.name() == "cancellation_key" for t in stream.sent[0]["inputs"])
+
+
+def scalar(request: dict[str, Any], name: str) -> Any:
+    tensor = next(t for t in request["inputs"] if t.name() == name)
+    raw = tensor._get_content()
+    return raw[4:].decode() if tensor.datatype() == "BYTES" else bool(raw[0])
+
+
+async def test_closing_early_cancels_in_band_and_never_cancels_the_call() -> None:
+    client = TritonClient("127.0.0.1:1")
+    client.cancels_in_band.add("m")
+    client.client = FakeGrpcClient([(running("a"), None), (running("b"), None)])
+    generator = client.generate("m", GenerateInputs("r", text_input="x"))
+    assert (await anext(generator)).choices[0].text == "a"
+    await generator.aclose()
+    await client.wait_for_calls()
+    stream = client.client.streams[0]
+    request, cancel = stream.sent
+    key = scalar(request, "cancellation_key")
+    assert len(key) == 32  # a uuid4: no client can name another client's request
+    assert scalar(cancel, "cancel") is True and scalar(cancel, "cancellation_key") == key
+    assert cancel["request_id"] == "r-cancel" and cancel["model_name"] == "m"
+    assert stream.half_closed and not stream.cancelled
+
+
+async def test_a_consumer_cancelled_again_and_again_still_ends_the_call_in_band() -> None:
+    # Starlette/anyio cancel a disconnected client's task at every await of its cleanup:
+    # the call must be ended by a task of its own, not cancelled with the consumer.
+    client = TritonClient("127.0.0.1:1")
+    client.cancels_in_band.add("m")
+    client.client = FakeGrpcClient([(running("a"), None), (running("b"), None)])
+    got_one = asyncio.Event()
+
+    async def consumer() -> None:
+        generator = client.generate("m", GenerateInputs("r", text_input="x"))
+        try:
+            await anext(generator)
+            got_one.set()
+            await asyncio.Event().wait()
+        finally:
+            await generator.aclose()
+
+    task = asyncio.create_task(consumer())
+    await got_one.wait()
+    for _ in range(3):
+        task.cancel()
+        await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await client.wait_for_calls()
+    stream = client.client.streams[0]
+    assert len(stream.sent) == 2 and stream.half_closed and not stream.cancelled
+
+
+async def test_a_refused_in_band_cancel_falls_back_to_cancelling_the_call() -> None:
+    client = TritonClient("127.0.0.1:1")
+    client.cancels_in_band.add("m")
+    refused = InferenceServerException(msg="unexpected inference input 'cancel'")
+    client.client = FakeGrpcClient([(running("a"), None), (None, refused)], ends_call=False)
+    generator = client.generate("m", GenerateInputs("r", text_input="x"))
+    await anext(generator)
+    await generator.aclose()
+    await client.wait_for_calls()
     assert client.client.streams[0].cancelled
+
+
+async def test_models_with_the_cancel_inputs_are_cancelled_in_band() -> None:
+    client = TritonClient("127.0.0.1:1")
+
+    class Configs:
+        async def get_model_config(self, name: str, as_json: bool) -> dict[str, Any]:
+            names = (
+                ["text_input", "cancellation_key", "cancel"] if name == "ours" else ["text_input"]
+            )
+            return {"config": {"input": [{"name": n} for n in names]}}
+
+    client.client = Configs()
+    assert await client._model_config("ours") is not None
+    assert await client._model_config("vllm") is not None
+    assert client.cancels_in_band == {"ours"}
 
 
 async def test_stream_errors_are_mapped() -> None:
@@ -310,6 +396,7 @@ async def test_stream_errors_are_mapped() -> None:
     with pytest.raises(InvalidRequest) as raised:
         [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
     assert raised.value.param == "top_k"
+    await client.wait_for_calls()
     # An error response is the request's final one: Triton ends the call, no cancel.
     assert client.client.streams[0].half_closed and not client.client.streams[0].cancelled
 

@@ -98,3 +98,15 @@ def test_default_gguf_is_dequantized_to_bf16(default_weights_dir: Path) -> None:
         assert weights.get_tensor("model.embed_tokens.weight").dtype.is_floating_point
         assert str(weights.get_tensor("model.norm.weight").dtype) == "torch.bfloat16"
     assert (default_weights_dir / "chat_template.jinja").is_file()
+
+
+def test_every_input_of_the_packaged_model_is_in_the_documented_contract(
+    hf_dir: Path, tmp_path: Path
+) -> None:
+    config = (package_model(str(hf_dir), "tiny", tmp_path / "repo") / "config.pbtxt").read_text()
+    section = config.split("input [", 1)[1].split("]\noutput", 1)[0]
+    names = [line.split('"')[1] for line in section.splitlines() if "name:" in line]
+    assert {"text_input", "messages", "cancel", "cancellation_key"} <= set(names)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    inputs_table = doc.split("### Inputs", 1)[1].split("### Outputs", 1)[0]
+    assert [name for name in names if f"`{name}`" not in inputs_table] == []

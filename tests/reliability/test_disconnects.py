@@ -101,3 +101,53 @@ def test_nothing_follows_the_final_response(stack: Stack) -> None:
         assert len(finals) == 1 and frames[finals[0] + 1 :][:-1] == [
             frame for frame in frames[finals[0] + 1 : -1] if '"usage"' in frame
         ]
+
+
+def test_a_request_whose_consumer_leaves_is_cancelled_in_band(
+    stack: Stack, kv_baseline: float
+) -> None:
+    """The adapter stops a request whose client left with a cancel request on its stream,
+    never by cancelling the gRPC call (which can leak the request in Triton 2.51): the
+    engine is idle at once, long before the request's 1,000 tokens, and no call was
+    cancelled."""
+    from adapter.contract import GenerateInputs
+    from adapter.triton_client import TritonClient
+
+    async def leave_early(rounds: int) -> int:
+        client = TritonClient(stack.triton_grpc_url)
+        cancelled_calls = 0
+        open_call = client.client.stream_infer
+
+        def spied(*args: object, **kwargs: object) -> object:
+            nonlocal cancelled_calls
+            call = open_call(*args, **kwargs)
+            cancel = call.cancel
+
+            def counted() -> bool:
+                nonlocal cancelled_calls
+                cancelled_calls += 1
+                return cancel()
+
+            call.cancel = counted
+            return call
+
+        client.client.stream_infer = spied
+        try:
+            assert stack.model in {info.id for info in await client.list_models()}
+            assert client.cancels_in_band == {stack.model}
+            body = {"max_tokens": 1000, "ignore_eos": True}
+            for round_ in range(rounds):
+                inputs = GenerateInputs(
+                    f"leaves-{round_}", text_input="Hi", sampling_parameters=body
+                )
+                outputs = client.generate(stack.model, inputs)
+                for _ in range(1 + round_ % 3):
+                    await anext(outputs)
+                await outputs.aclose()
+            await client.wait_for_calls()
+        finally:
+            await client.close()
+        return cancelled_calls
+
+    assert asyncio.run(leave_early(6)) == 0
+    assert_idle_then_serving(stack, kv_baseline)
