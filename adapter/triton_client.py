@@ -248,6 +248,63 @@ def _integers(tensor: tuple[str, bytes] | None) -> list[int]:
     return list(struct.unpack(f"<{count}{code}", raw))
 
 
+class _Call:
+    """One gRPC stream call, read by a task of its own.
+
+    grpc.aio cancels an RPC whenever a coroutine awaiting one of its reads is cancelled,
+    and the consumer of a request is exactly such a coroutine when its client
+    disconnects (Starlette cancels the response task). In Triton 2.51 a call cancelled as
+    its request's final response is being written leaks the request: the call's state
+    and its inference request are never freed, the request keeps a reference to the
+    model, and the model can never unload (at stop Triton waits its whole exit timeout,
+    "Found 1 live models", and the model's finalize() never runs; docs/reliability.md,
+    item 8). So only the reader task awaits the call; the consumer awaits a queue, and
+    when it leaves, the call is ended by Triton after our half-close. It is cancelled
+    only if Triton has not ended it in time, or if the model refused an in-band cancel."""
+
+    def __init__(self, stream: Any, request_id: str, owner: set[asyncio.Task[None]]) -> None:
+        self.stream = stream
+        self.request_id = request_id
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()  # (result, error) | an error | _OVER
+        self.left = False  # the consumer is gone: what still comes is dropped
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+        owner.add(self.reader)
+        self.reader.add_done_callback(owner.discard)
+
+    async def _read(self) -> None:
+        try:
+            async for result, error in self.stream:
+                if not self.left:
+                    self.inbox.put_nowait((result, error))
+                elif error is not None:  # our in-band cancel was refused: Triton's way, then
+                    logger.warning("in-band cancel of %s failed: %s", self.request_id, error)
+                    self.stream.cancel()
+                    return
+            self.inbox.put_nowait(_OVER)
+        except (grpc.aio.AioRpcError, InferenceServerException) as error:
+            self.inbox.put_nowait(error)  # the call ended with an error status
+        except BaseException:
+            self.stream.cancel()  # cancelled by `TritonClient.close` or locally: never left open
+            raise
+
+    def leave(self, timeout_s: float) -> None:
+        """The consumer is done: Triton must end the call within ``timeout_s``."""
+        self.left = True
+        if self.reader.done():
+            return
+        overdue = asyncio.get_running_loop().call_later(timeout_s, self._overdue, timeout_s)
+        self.reader.add_done_callback(lambda _: overdue.cancel())
+
+    def _overdue(self, timeout_s: float) -> None:
+        logger.warning(
+            "Triton did not end the call of %s in %s s; cancelling it", self.request_id, timeout_s
+        )
+        self.stream.cancel()
+
+
+_OVER = object()  # the call ended normally
+
+
 class TritonClient:
     """One Triton endpoint."""
 
@@ -264,7 +321,7 @@ class TritonClient:
         # Models whose configuration has the in-band cancellation inputs (`cancel` and
         # `cancellation_key`), learnt by `list_models`; others get their calls cancelled.
         self.cancels_in_band: set[str] = set()
-        self._ending_calls: set[asyncio.Task[None]] = set()
+        self._readers: set[asyncio.Task[None]] = set()  # one per call not yet ended
 
     async def generate(
         self, model: str, inputs: GenerateInputs
@@ -286,13 +343,22 @@ class TritonClient:
                 yield request
 
         stream = self.client.stream_infer(requests(), stream_timeout=self.request_timeout_s)
+        call = _Call(stream, inputs.request_id, self._readers)
         finished: set[int] = set()
         # True once Triton has ended the request (its last response or an error, which
         # always comes with the final flag): from then on there is nothing to cancel.
         ended = False
         call_over = False  # the call itself has ended (status received): nothing to free
         try:
-            async for result, error in stream:
+            while True:
+                item = await call.inbox.get()
+                if item is _OVER:
+                    call_over = True  # Triton ended the call itself
+                    return
+                if isinstance(item, BaseException):
+                    call_over = True  # deadline, unavailable, ...
+                    raise error_from_grpc(item, model) from None
+                result, error = item
                 if error is not None:
                     ended = True
                     raise error_from_triton(error.message() or str(error), model)
@@ -302,73 +368,23 @@ class TritonClient:
                 yield output
                 if ended:
                     return
-            call_over = True  # Triton ended the call itself
-        except (grpc.aio.AioRpcError, InferenceServerException) as error:
-            call_over = True  # deadline, unavailable, ...
-            raise error_from_grpc(error, model) from None
         finally:
-            if call_over:
-                pass
-            elif ended or key is not None:
-                if not ended:
+            if not call_over:
+                if not ended and key is not None:
                     # The consumer left early (a client disconnect): the model stops the
                     # request when this second request on the stream reaches it.
                     outbox.put_nowait(cancel_request(model, inputs.request_id, key))
-                outbox.put_nowait(None)  # half-close: Triton ends the call when both are done
-                self._end_call_later(stream, inputs.request_id)
-            else:
-                # A model without in-band cancellation: cancelling the call makes Triton
-                # cancel the request, and the model sees is_cancelled().
-                outbox.put_nowait(None)
-                stream.cancel()
-
-    def _end_call_later(self, stream: Any, request_id: str) -> None:
-        """Wait for Triton to end a half-closed call in a task of its own: the consumer
-        may be a task being cancelled (a client disconnect), where every await would be
-        interrupted and the call would end up cancelled, the very thing to avoid."""
-        task = asyncio.get_running_loop().create_task(self._await_end_of_call(stream, request_id))
-        self._ending_calls.add(task)
-        task.add_done_callback(self._ending_calls.discard)
-
-    async def _await_end_of_call(self, stream: Any, request_id: str) -> None:
-        """Let Triton end a call we half-closed, rather than cancel it.
-
-        Cancelling a call as its request's final response is written races Triton 2.51's
-        gRPC stream handler: when the cancellation is handled before the completion of
-        the final write, it cancels the already completed request and then waits for a
-        response callback that never comes, so the call's state and its inference request
-        are never freed. The request keeps a reference to the model, and the model can
-        never unload: at stop Triton waits its whole exit timeout ("Found 1 live
-        models") and the model's finalize() never runs (docs/reliability.md). So calls
-        are only ever cancelled when Triton does not end them in time, or when the model
-        refused an in-band cancel."""
-
-        async def drain() -> None:
-            async for _, error in stream:  # the rest of a cancelled request: dropped
-                if error is not None:  # the cancel request failed: fall back to Triton's
-                    logger.warning("in-band cancel of %s failed: %s", request_id, error)
+                elif not ended:
+                    # A model without in-band cancellation: cancelling the call makes
+                    # Triton cancel the request, and the model sees is_cancelled().
                     stream.cancel()
-                    return
-
-        try:
-            await asyncio.wait_for(drain(), self.end_of_call_timeout_s)
-        except asyncio.TimeoutError:
-            logger.warning(
-                "Triton did not end the call of %s in %s s; cancelling it",
-                request_id,
-                self.end_of_call_timeout_s,
-            )
-            stream.cancel()
-        except (grpc.aio.AioRpcError, InferenceServerException):
-            pass  # the call ended with an error status: it is over, nothing to free
-        except BaseException:
-            stream.cancel()  # cancelled while waiting (shutdown): never leave the call open
-            raise
+                outbox.put_nowait(None)  # half-close: Triton ends the call when all is done
+            call.leave(self.end_of_call_timeout_s)
 
     async def wait_for_calls(self) -> None:
-        """Until every half-closed call has ended (or been cancelled)."""
-        while self._ending_calls:
-            await asyncio.gather(*self._ending_calls, return_exceptions=True)
+        """Until every call has ended (or been cancelled)."""
+        while self._readers:
+            await asyncio.gather(*self._readers, return_exceptions=True)
 
     async def list_models(self) -> list[ModelInfo]:
         try:

@@ -13,9 +13,11 @@ is cumulative, finish_reason is "length" on the last response.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,7 @@ class LiveRequest:
     num_input_tokens: int
     max_tokens: int
     num_sent: int = 0
+    cancelled: bool = False  # by an in-band cancel request (any thread)
 
 
 class TritonPythonModel:
@@ -58,6 +61,10 @@ class TritonPythonModel:
         if self.tokens_per_response < 1:
             raise pb_utils.TritonModelException(f"tokens_per_response must be >= 1, got {value}")
         self.inbox: queue.SimpleQueue[LiveRequest | None] = queue.SimpleQueue()
+        # Live requests by cancellation_key (the in-band cancellation of docs/api.md).
+        self.cancellable: weakref.WeakValueDictionary[str, LiveRequest] = (
+            weakref.WeakValueDictionary()
+        )
         self.thread = threading.Thread(target=self._run, name="null-engine", daemon=True)
         self.thread.start()
 
@@ -65,7 +72,19 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                self.inbox.put(_parse(request, sender))
+                key = _string_input(request, "cancellation_key")
+                if _bool_input(request, "cancel", False):
+                    if not key:
+                        raise InvalidRequest("cancellation_key: a cancel request names a request")
+                    target = self.cancellable.pop(key, None)
+                    if target is not None:
+                        target.cancelled = True
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    continue
+                live = _parse(request, sender)
+                if key:
+                    self.cancellable[key] = live
+                self.inbox.put(live)
             except InvalidRequest as error:
                 message = f"invalid request: {error}"
                 response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
@@ -96,8 +115,11 @@ class TritonPythonModel:
 
     def _advance(self, request: LiveRequest) -> bool:
         """Send the request's next response; False once it is finished or cancelled."""
-        if request.sender.is_cancelled():
-            return False  # a cancelled request gets no more responses
+        if request.cancelled or request.sender.is_cancelled():
+            # No more responses, but the final flag: Triton keeps a request until it comes.
+            with contextlib.suppress(Exception):
+                request.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return False
         step = request.max_tokens if not request.stream else self.tokens_per_response
         count = min(step, request.max_tokens - request.num_sent)
         text = TOKEN_TEXT * count
@@ -124,27 +146,29 @@ class TritonPythonModel:
         return not finished
 
 
+def _string_input(request: Any, name: str) -> str | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    value = tensor.as_numpy().reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _bool_input(request: Any, name: str, default: bool) -> bool:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return default if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
+
+
 def _parse(request: Any, sender: Any) -> LiveRequest:
-    def string_input(name: str) -> str | None:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        if tensor is None:
-            return None
-        value = tensor.as_numpy().reshape(-1)[0]
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-    def bool_input(name: str, default: bool) -> bool:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return default if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
-
-    text_input, messages = string_input("text_input"), string_input("messages")
+    text_input, messages = _string_input(request, "text_input"), _string_input(request, "messages")
     if (text_input is None) == (messages is None):
         raise InvalidRequest("exactly one of the inputs text_input and messages is required")
     prompt = text_input if text_input is not None else _messages_text(messages or "")
-    params = _sampling_parameters(string_input("sampling_parameters"))
+    params = _sampling_parameters(_string_input(request, "sampling_parameters"))
     return LiveRequest(
         sender=sender,
-        stream=bool_input("stream", False),
-        prompt_text="" if bool_input("exclude_input_in_output", False) else prompt,
+        stream=_bool_input(request, "stream", False),
+        prompt_text="" if _bool_input(request, "exclude_input_in_output", False) else prompt,
         num_input_tokens=len(prompt.split()),
         max_tokens=params.get("max_tokens") or DEFAULT_MAX_TOKENS,
     )

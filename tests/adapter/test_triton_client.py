@@ -173,6 +173,9 @@ def test_error_from_triton(message: str, kind: type, param: str | None) -> None:
     assert error.param == param
 
 
+NEXT_REQUEST = object()  # in FakeStream's items: wait for one more request first
+
+
 class FakeStream:
     """What tritonclient's stream_infer returns: async (result, error) pairs + cancel().
 
@@ -188,12 +191,20 @@ class FakeStream:
         self.ends_call = ends_call
         self.cancelled = False
         self.half_closed = False
+        self.cancel_event = asyncio.Event()
         self.sent: list[dict[str, Any]] = []
 
     def __aiter__(self) -> FakeStream:
         return self
 
     async def __anext__(self) -> Any:
+        try:
+            return await self._next()
+        except asyncio.CancelledError:
+            self.cancelled = True  # like grpc.aio: a read whose awaiter is cancelled cancels the call
+            raise
+
+    async def _next(self) -> Any:
         if not self.sent:
             self.sent.append(await anext(self.requests))
         if not self.items:
@@ -201,15 +212,20 @@ class FakeStream:
                 self.sent.append(request)
             self.half_closed = True
             if not self.ends_call:
-                await asyncio.Event().wait()
+                await self.cancel_event.wait()
+                raise asyncio.CancelledError  # what grpc.aio raises in a read it cancelled
             raise StopAsyncIteration
         item = self.items.pop(0)
+        if item is NEXT_REQUEST:  # what follows answers the client's next request
+            self.sent.append(await anext(self.requests))
+            return await self._next()
         if isinstance(item, BaseException):
             raise item
         return item
 
     def cancel(self) -> bool:
         self.cancelled = True
+        self.cancel_event.set()
         return True
 
 
@@ -337,7 +353,9 @@ async def test_a_consumer_cancelled_again_and_again_still_ends_the_call_in_band(
     # the call must be ended by a task of its own, not cancelled with the consumer.
     client = TritonClient("127.0.0.1:1")
     client.cancels_in_band.add("m")
-    client.client = FakeGrpcClient([(running("a"), None), (running("b"), None)])
+    # After "a" the server says nothing until the cancel request: the consumer is
+    # cancelled while it waits for the next response, which must not cancel the call.
+    client.client = FakeGrpcClient([(running("a"), None), NEXT_REQUEST, (running("b"), None)])
     got_one = asyncio.Event()
 
     async def consumer() -> None:
@@ -345,7 +363,7 @@ async def test_a_consumer_cancelled_again_and_again_still_ends_the_call_in_band(
         try:
             await anext(generator)
             got_one.set()
-            await asyncio.Event().wait()
+            await anext(generator)
         finally:
             await generator.aclose()
 
@@ -365,7 +383,9 @@ async def test_a_refused_in_band_cancel_falls_back_to_cancelling_the_call() -> N
     client = TritonClient("127.0.0.1:1")
     client.cancels_in_band.add("m")
     refused = InferenceServerException(msg="unexpected inference input 'cancel'")
-    client.client = FakeGrpcClient([(running("a"), None), (None, refused)], ends_call=False)
+    client.client = FakeGrpcClient(
+        [(running("a"), None), NEXT_REQUEST, (None, refused)], ends_call=False
+    )
     generator = client.generate("m", GenerateInputs("r", text_input="x"))
     await anext(generator)
     await generator.aclose()

@@ -100,3 +100,36 @@ def test_bench_over_triton_grpc_leaves_the_model_unloadable(tmp_path: Path) -> N
         assert (summary["summary"]["completed"], summary["summary"]["failed"]) == (300, 0)
     triton_log = (tmp_path / "logs" / "tritonserver.log").read_text(errors="replace")
     assert "successfully unloaded" in triton_log, triton_log[-2000:]
+
+
+def test_clients_hanging_up_as_the_final_response_comes_leave_the_model_unloadable(
+    tmp_path: Path,
+) -> None:
+    """Streams dropped right after their first event, with the final response a fraction
+    of a millisecond behind it (the null model, 2 tokens, 1 per response): the adapter's
+    disconnects land while Triton writes final responses. Cancelling the gRPC call there
+    leaks requests in Triton 2.51; the in-band cancel does not, and the model unloads."""
+    import asyncio
+
+    repository = write_null_repository(tmp_path / "repository", {"null-1": 1})
+    body = {"model": "null-1", "prompt": "a", "max_tokens": 2, "stream": True}
+
+    async def hang_up(url: str, count: int, concurrency: int) -> int:
+        gate = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one() -> int:
+                async with gate, client.stream("POST", url, json=body) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data:"):
+                            break
+                    return response.status_code
+
+            return sum(status == 200 for status in await asyncio.gather(*(one() for _ in range(count))))
+
+    with tritium_stack(repository, tmp_path / "logs", startup_timeout_s=120) as endpoints:
+        url = f"{endpoints.openai_url}/completions"
+        assert asyncio.run(hang_up(url, 400, 16)) == 400
+        assert httpx.post(url, json={**body, "stream": False}, timeout=30).status_code == 200
+    triton_log = (tmp_path / "logs" / "tritonserver.log").read_text(errors="replace")
+    assert "successfully unloaded" in triton_log, triton_log[-2000:]
