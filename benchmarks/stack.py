@@ -37,9 +37,13 @@ def free_port() -> int:
 
 @contextmanager
 def tritium_stack(
-    repository: Path, log_dir: Path, startup_timeout_s: float = 300
+    repository: Path,
+    log_dir: Path,
+    startup_timeout_s: float = 300,
+    serve_flags: tuple[str, ...] = (),
 ) -> Iterator[Endpoints]:
-    """`tritium serve` on ``repository``; yields once the adapter reports ready."""
+    """`tritium serve` on ``repository`` (plus ``serve_flags``); yields once the adapter
+    reports ready."""
     port, http_port, grpc_port, metrics_port = (free_port() for _ in range(4))
     log_dir.mkdir(parents=True, exist_ok=True)
     command = [
@@ -48,6 +52,7 @@ def tritium_stack(
         "--port", str(port), "--http-port", str(http_port),
         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
         "--log-dir", str(log_dir), "--startup-timeout", str(startup_timeout_s),
+        *serve_flags,
     ]  # fmt: skip
     endpoints = Endpoints(
         openai_url=f"http://127.0.0.1:{port}/v1",
