@@ -13,6 +13,7 @@ exit 0.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -96,10 +97,13 @@ def start_triton(options: ServeOptions, log_dir: Path, shm_prefix: str) -> Child
 
 
 def is_triton_ready(http_url: str) -> bool:
+    """Triton's strict readiness; False for every way the probe can fail: the probe runs
+    in the supervision loop, and an exception there would stop the whole stack."""
     try:
         with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=2) as response:
             return response.status == 200
-    except OSError:  # refused while starting, or 400 while models load
+    # Refused while starting, 400 while models load, a timeout, or a garbled answer.
+    except (OSError, http.client.HTTPException):
         return False
 
 

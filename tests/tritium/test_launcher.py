@@ -427,3 +427,27 @@ def test_cli_stops_everything_on_a_signal(
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+
+
+def test_a_garbled_readiness_answer_is_not_ready(tmp_path: Path) -> None:
+    """The probe runs in serve's supervision loop: a bad status line (or a connection
+    closed mid-answer) must read as "not ready", not raise and stop the stack."""
+    import socket as socket_module
+
+    with socket_module.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer_garbage() -> None:
+            for reply in (b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n"):
+                connection, _ = server.accept()
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(reply)
+
+        answering = threading.Thread(target=answer_garbage, daemon=True)
+        answering.start()
+        assert is_triton_ready(f"http://127.0.0.1:{port}") is False
+        assert is_triton_ready(f"http://127.0.0.1:{port}") is False
+        answering.join(5)
