@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,12 +84,22 @@ def test_live_stubs_reads_the_process_group(sleeper: ChildProcess) -> None:
 
 # --- against the real tritonserver, with the launcher tests' echo model ------------------
 
+def needs_tritonserver(test: Callable[..., None]) -> Callable[..., None]:
+    """An e2e test, skipped where no tritonserver is installed."""
+    skip = pytest.mark.skipif(
+        tritonserver.pytriton_server_root() is None and "TRITONSERVER" not in os.environ,
+        reason="no tritonserver (install nvidia-pytriton)",
+    )
+    return pytest.mark.e2e(skip(test))
 
-@pytest.mark.e2e
-@pytest.mark.skipif(
-    tritonserver.pytriton_server_root() is None and "TRITONSERVER" not in os.environ,
-    reason="no tritonserver (install nvidia-pytriton)",
-)
+
+def our_tritonserver() -> int:
+    """The pid of the tritonserver this test's launcher started."""
+    (triton,) = [pid for pid in children_of(os.getpid()) if command_name(pid) == "tritonserver"]
+    return triton
+
+
+@needs_tritonserver
 def test_a_killed_stub_restarts_triton_until_the_budget_is_spent(
     tmp_path: Path,
     echo_repository: Path,  # noqa: F811 - the launcher tests' fixture, imported above
@@ -104,8 +114,7 @@ def test_a_killed_stub_restarts_triton_until_the_budget_is_spent(
         wait_for_banner(capsys)
 
         def kill_the_stub() -> None:
-            triton = [pid for pid in children_of(os.getpid()) if command_name(pid) == "tritonserver"]
-            (stub,) = children_of(triton[0])
+            (stub,) = children_of(our_tritonserver())
             os.kill(stub, signal.SIGKILL)
 
         kill_the_stub()
@@ -119,11 +128,7 @@ def test_a_killed_stub_restarts_triton_until_the_budget_is_spent(
     assert "after 1 restarts" in error
 
 
-@pytest.mark.e2e
-@pytest.mark.skipif(
-    tritonserver.pytriton_server_root() is None and "TRITONSERVER" not in os.environ,
-    reason="no tritonserver (install nvidia-pytriton)",
-)
+@needs_tritonserver
 def test_a_killed_tritonserver_is_restarted_in_place_and_its_orphans_swept(
     tmp_path: Path,
     echo_repository: Path,  # noqa: F811
@@ -136,14 +141,13 @@ def test_a_killed_tritonserver_is_restarted_in_place_and_its_orphans_swept(
     grpc_url = f"127.0.0.1:{options.grpc_port}"
     with RunInThread(options) as launcher:
         wait_for_banner(capsys)
-        (triton,) = [pid for pid in children_of(os.getpid()) if command_name(pid) == "tritonserver"]
+        triton = our_tritonserver()
         (stub,) = children_of(triton)
         os.kill(triton, signal.SIGKILL)  # its stub is orphaned, and holds the old shm regions
         assert wait_until(lambda: "tritonserver ready" in capsys.readouterr().out, 60, 0.2)
         assert not is_alive(stub)
         assert stream_echo(grpc_url, "still here") == ["still", "here"]
-        (again,) = [pid for pid in children_of(os.getpid()) if command_name(pid) == "tritonserver"]
-        os.kill(again, signal.SIGKILL)  # past the budget of one restart
+        os.kill(our_tritonserver(), signal.SIGKILL)  # past the budget of one restart
         launcher.thread.join(timeout=60)
     assert launcher.exit_status == 1
     error = capsys.readouterr().err
