@@ -106,6 +106,7 @@ def our_tritonserver() -> int:
         ("stub", "cannot serve (a Python backend stub died (0 of 1 alive)"),
         ("tritonserver", "tritonserver stopped unexpectedly (signal SIGKILL)"),
     ],
+    ids=["stub", "tritonserver"],
 )
 def test_a_killed_stub_or_tritonserver_restarts_triton_until_the_budget_is_spent(
     victim: str,
