@@ -81,8 +81,9 @@ class TritonPythonModel:
         The adapter cancels in band rather than by cancelling its gRPC call, which
         Triton 2.51 can turn into a leaked request when the call is cancelled as the
         request's final response is written (docs/reliability.md, item 8). A key that is
-        not in flight (its request has ended) is nothing to do: requests on one stream
-        are executed in order, so a cancel never arrives before its request."""
+        not in flight is nothing to do: its request has ended. (Were a cancel ever
+        executed before its own request, that request would run on, and the adapter
+        would cancel its call 5 s after the half-close.)"""
         if not key:
             raise RequestError("a cancel request names the request to stop", "cancellation_key")
         sink = self.cancellable.pop(key, None)

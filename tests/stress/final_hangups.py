@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import httpx
 
 from benchmarks.null_model import write_null_repository
 from benchmarks.stack import tritium_stack
+from tests.stack import scratch_dir
 
 MODEL = "null-1"
 
@@ -67,9 +67,9 @@ def main() -> int:
     args = parser.parse_args()
     failed = False
     for run in range(1, args.runs + 1):
-        with tempfile.TemporaryDirectory(prefix="tritium-hangups-") as directory:
+        with scratch_dir("tritium-hangups-") as work:
             answered, cancellations, unloaded, stop_s = one_run(
-                Path(directory), args.requests, args.concurrency
+                work, args.requests, args.concurrency
             )
         print(
             f"run {run}: {answered} of {args.requests} answered 200, {cancellations} calls"
