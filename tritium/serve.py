@@ -5,9 +5,8 @@ the adapter, wait until it accepts connections, print how to reach it. A tritons
 that exits, or is alive but cannot serve (a dead Python-backend stub, or unready for
 long; see `tritium.supervision`), is restarted in place, at most ``max_triton_restarts``
 times in all; one failure more, or the adapter dying, stops everything and the launcher
-exits non-zero with the failed child's log tail. SIGINT/SIGTERM/SIGHUP
-stop both (adapter first, so no request arrives at a Triton that is shutting down) and
-exit 0.
+exits non-zero with the failed child's log tail. SIGINT/SIGTERM/SIGHUP stop both and
+exit 0. The children are held by name in a `Stack`, whose `stop` sets the stop order.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -175,69 +175,93 @@ def usage_banner(options: ServeOptions, model_names: list[str]) -> str:
     )
 
 
-def supervise(
-    children: list[ChildProcess],
-    stop_event: threading.Event,
-    keeper: TritonKeeper | None = None,
-) -> None:
-    """Block until ``stop_event`` is set (return) or a child exits (raise LaunchError);
+@dataclass
+class Stack:
+    """The children `tritium serve` started, by name. Each is recorded the moment it
+    starts, so that `stop` stops it whatever fails next."""
+
+    # Triton's Python-backend /dev/shm regions start with this (see shm_region_prefix).
+    shm_prefix: str
+    # None until started; a restart in place replaces it.
+    triton: ChildProcess | None = None
+    # The OpenAI adapter; None until started.
+    adapter: ChildProcess | None = None
+
+    def stop(self, grace_seconds: float) -> None:
+        """Stop everything: the adapter first, so that no request reaches a Triton that
+        is shutting down, then tritonserver and what it leaves behind."""
+        if self.adapter is not None:
+            stop_child(self.adapter, grace_seconds)
+            self.adapter = None
+        self.stop_triton(grace_seconds)
+
+    def stop_triton(self, grace_seconds: float) -> None:
+        """Stop tritonserver with its process group (its Python-backend stubs, orphaned
+        ones too), then remove the /dev/shm regions a killed server leaves behind."""
+        if self.triton is not None:
+            stop_child(self.triton, grace_seconds)
+            self.triton = None
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            with suppress(OSError):
+                region.unlink()
+
+
+def supervise(stack: Stack, keeper: TritonKeeper, stop_event: threading.Event) -> None:
+    """Block until ``stop_event`` is set (return) or the adapter exits (raise LaunchError);
     ``keeper`` restarts a tritonserver that exited or cannot serve, within its budget."""
     while not stop_event.wait(SUPERVISE_INTERVAL_SECONDS):
-        for child in children:
-            if keeper is not None and child is keeper.triton:
-                continue  # the keeper's business
-            exit_code = child.exit_code()
-            if exit_code is not None:
-                raise LaunchError(
-                    failure_report(child, f"stopped unexpectedly ({describe_exit(exit_code)})")
-                )
-        if keeper is not None:
-            keeper.check()
+        adapter = stack.adapter
+        assert adapter is not None, "supervise() runs once the adapter started"
+        exit_code = adapter.exit_code()
+        if exit_code is not None:
+            raise LaunchError(
+                failure_report(adapter, f"stopped unexpectedly ({describe_exit(exit_code)})")
+            )
+        keeper.check()
 
 
 class TritonKeeper:
-    """Starts tritonserver for `run` and restarts it when `TritonWatch` finds it broken."""
+    """Starts `stack.triton` and restarts it in place when it exits or `TritonWatch` finds
+    it broken, at most ``max_triton_restarts`` times."""
 
     def __init__(
-        self,
-        options: ServeOptions,
-        log_dir: Path,
-        shm_prefix: str,
-        stop_event: threading.Event,
-        children: list[ChildProcess],
+        self, options: ServeOptions, log_dir: Path, stack: Stack, stop_event: threading.Event
     ) -> None:
         self.options = options
         self.log_dir = log_dir
-        self.shm_prefix = shm_prefix
+        self.stack = stack
         self.stop_event = stop_event
-        self.children = children
         self.restarts = 0
         self.watch: TritonWatch | None = None
 
     def start(self) -> None:
-        launch_triton(self.options, self.log_dir, self.shm_prefix, self.stop_event, self.children)
-        # Triton goes first in `children`: they are stopped in reverse, adapter first.
-        self.children.insert(0, self.children.pop())
+        """Start tritonserver as ``stack.triton``, wait until every model is loaded, then
+        watch it."""
+        triton = start_triton(self.options, self.log_dir, self.stack.shm_prefix)
+        self.stack.triton = triton
+        say(f"starting tritonserver (log: {triton.log_path})")
+        started = time.monotonic()
         http_url = triton_http_url(self.options)
-        self.watch = TritonWatch(
-            self.children[0], lambda: is_triton_ready(http_url), self.options.unready_grace_seconds
-        )
-        if not self.stop_event.is_set():
-            self.watch.arm()
 
-    @property
-    def triton(self) -> ChildProcess:
-        return self.children[0]
+        def is_ready() -> bool:
+            return is_triton_ready(http_url)
+
+        wait_ready(triton, is_ready, self.options.startup_timeout_seconds, self.stop_event)
+        self.watch = TritonWatch(triton, is_ready, self.options.unready_grace_seconds)
+        if not self.stop_event.is_set():
+            say(f"tritonserver ready in {time.monotonic() - started:.1f} s")
+            self.watch.arm()
 
     def check(self) -> None:
         """Restart a tritonserver that exited or cannot serve; LaunchError past the budget."""
-        triton = self.triton
+        triton, watch = self.stack.triton, self.watch
+        assert triton is not None and watch is not None, "check() runs after start()"
         exit_code = triton.exit_code()
         if exit_code is not None:
             what = f"stopped unexpectedly ({describe_exit(exit_code)})"
             reason = f"it {what}"
         else:
-            problem = self.watch.problem() if self.watch is not None else None
+            problem = watch.problem()
             if problem is None:
                 return
             what, reason = f"cannot serve ({problem})", problem
@@ -248,17 +272,8 @@ class TritonKeeper:
             )
         self.restarts += 1
         say(f"restarting tritonserver: {reason} (restart {self.restarts} of {limit})")
-        stop_child(triton, RESTART_GRACE_SECONDS)
-        self.children.remove(triton)
-        remove_shared_memory(self.shm_prefix)
+        self.stack.stop_triton(RESTART_GRACE_SECONDS)
         self.start()
-
-
-def remove_shared_memory(prefix: str) -> None:
-    """Python-backend /dev/shm regions survive a killed tritonserver; remove ours."""
-    for region in Path("/dev/shm").glob(f"{prefix}*"):
-        with suppress(OSError):
-            region.unlink()
 
 
 def check_ports_free(options: ServeOptions) -> None:
@@ -283,41 +298,17 @@ def check_ports_free(options: ServeOptions) -> None:
                 ) from None
 
 
-def launch_triton(
-    options: ServeOptions,
-    log_dir: Path,
-    shm_prefix: str,
-    stop_event: threading.Event,
-    children: list[ChildProcess],
-) -> None:
-    """Start tritonserver (appended to ``children`` at once, so it is always stopped)
-    and wait until every model is loaded."""
-    triton = start_triton(options, log_dir, shm_prefix)
-    children.append(triton)
-    say(f"starting tritonserver (log: {triton.log_path})")
-    started = time.monotonic()
-    http_url = triton_http_url(options)
-    wait_ready(
-        triton, lambda: is_triton_ready(http_url), options.startup_timeout_seconds, stop_event
-    )
-    if not stop_event.is_set():
-        say(f"tritonserver ready in {time.monotonic() - started:.1f} s")
-
-
 def launch_adapter(
-    options: ServeOptions,
-    log_dir: Path,
-    stop_event: threading.Event,
-    children: list[ChildProcess],
+    options: ServeOptions, log_dir: Path, stack: Stack, stop_event: threading.Event
 ) -> None:
-    """Start the adapter and wait until it accepts connections."""
+    """Start the adapter as ``stack.adapter`` and wait until it accepts connections."""
     command = adapter_command(options)
     environment = adapter_environment(options)
-    adapter_process = start_child("adapter", command, log_dir / "adapter.log", environment)
-    children.append(adapter_process)
+    adapter = start_child("adapter", command, log_dir / "adapter.log", environment)
+    stack.adapter = adapter
     adapter_host = tritonserver.connect_host(options.host)
     wait_ready(
-        adapter_process,
+        adapter,
         lambda: is_port_open(adapter_host, options.port),
         options.startup_timeout_seconds,
         stop_event,
@@ -327,28 +318,24 @@ def launch_adapter(
 def run(options: ServeOptions, stop_event: threading.Event) -> int:
     """Launch, supervise until ``stop_event`` or a failure, stop; returns the exit status."""
     log_dir = options.log_dir or default_log_dir()
-    shm_prefix = shm_region_prefix()
-    children: list[ChildProcess] = []
+    stack = Stack(shm_prefix=shm_region_prefix())
     try:
         check_ports_free(options)
-        keeper = TritonKeeper(options, log_dir, shm_prefix, stop_event, children)
+        keeper = TritonKeeper(options, log_dir, stack, stop_event)
         keeper.start()
         if not stop_event.is_set():
-            launch_adapter(options, log_dir, stop_event, children)
+            launch_adapter(options, log_dir, stack, stop_event)
         if not stop_event.is_set():
             model_names = served_model_names(triton_http_url(options), options.model_repository)
             print(usage_banner(options, model_names), flush=True)
-            supervise(children, stop_event, keeper)
+            supervise(stack, keeper, stop_event)
         say("stopping")
         return 0
     except (LaunchError, tritonserver.TritonServerNotFoundError, OSError) as error:
         say(f"error: {error}", stream=sys.stderr)
         return 1
     finally:
-        # Adapter first: it must not send requests to a Triton that is shutting down.
-        for child in reversed(children):
-            stop_child(child, options.stop_grace_seconds)
-        remove_shared_memory(shm_prefix)
+        stack.stop(options.stop_grace_seconds)
 
 
 def say(message: str, stream: TextIO | None = None) -> None:

@@ -1,4 +1,6 @@
-"""TritonWatch: what makes a live tritonserver count as broken (no server needed)."""
+"""How `tritium serve` keeps its children: what makes a live tritonserver count as broken
+(`TritonWatch`) and the order `Stack.stop` stops them in, without a server; then a real
+tritonserver killed and restarted."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from tests.tritium.test_launcher import (  # noqa: F401 - fixtures used by name
     stream_echo,
     wait_for_banner,
 )
-from tritium import supervision, tritonserver
+from tritium import serve, supervision, tritonserver
 from tritium.process import ChildProcess, start_child, stop_child, wait_until
 from tritium.supervision import TritonWatch
 
@@ -80,6 +82,34 @@ def test_an_exited_server_is_left_to_the_exit_check(tmp_path: Path) -> None:
 
 def test_live_stubs_reads_the_process_group(sleeper: ChildProcess) -> None:
     assert supervision.live_stubs(sleeper) == []  # a python child is not a stub
+
+
+def test_the_stack_stops_the_adapter_then_triton_then_removes_shared_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def start_sleeper(name: str) -> ChildProcess:
+        command = [sys.executable, "-c", "import time; time.sleep(60)"]
+        return start_child(name, command, tmp_path / f"{name}.log")
+
+    shm_prefix = f"tritium_test_{os.getpid()}_"
+    region = Path("/dev/shm") / f"{shm_prefix}region"
+    region.write_bytes(b"")
+    stack = serve.Stack(shm_prefix, start_sleeper("tritonserver"), start_sleeper("adapter"))
+    children = [stack.triton, stack.adapter]
+    stopped: list[tuple[str, bool]] = []
+
+    def recording_stop(child: ChildProcess, grace_seconds: float) -> int:
+        stopped.append((child.name, region.exists()))
+        return stop_child(child, grace_seconds)
+
+    monkeypatch.setattr(serve, "stop_child", recording_stop)
+    stack.stop(grace_seconds=5.0)
+    assert stopped == [("adapter", True), ("tritonserver", True)]
+    assert not region.exists()
+    assert all(child is not None and child.exit_code() is not None for child in children)
+    assert stack.triton is None and stack.adapter is None
+    stack.stop(grace_seconds=5.0)  # nothing left to stop: no child is signalled twice
+    assert len(stopped) == 2
 
 
 # --- against the real tritonserver, with the launcher tests' echo model ------------------
