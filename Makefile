@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test setup model lint unit e2e clean
+.PHONY: serve test setup model lint browser unit e2e clean
 
 # Create the virtual environment and install the project with every extra (torch pinned to the CPU
 # wheel on these machines), plus the default model's wheel (it must not pull its own deps).
@@ -34,7 +34,16 @@ serve: setup model
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+# The browser tests (tests/playground) drive Debian's chromium: installed here when it is missing
+# and we are root with apt (these machines, CI). Elsewhere they skip and say what to install.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && echo "make: installing chromium for the browser tests (apt-get)" \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	} || echo "make: no chromium (not root, no apt, or the install failed): browser tests will skip"
+
+test: setup lint browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

@@ -25,6 +25,7 @@ from adapter.dependencies import (
 from adapter.errors import install_error_handlers
 from adapter.metrics import AdapterMetrics
 from adapter.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from adapter.playground import mount_playground
 from adapter.routes import chat, completions, health, models
 from adapter.routes import metrics as metrics_route
 
@@ -89,6 +90,7 @@ def create_app(
     app.include_router(completions.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
     app.include_router(metrics_route.router, dependencies=authenticated)
+    mount_playground(app)  # the web page at /: static, no key (it asks for one on a 401)
 
     # Added innermost first: CORS ends up outermost, so even errors carry its headers.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
