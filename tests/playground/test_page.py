@@ -25,7 +25,8 @@ from tests.playground.browser import (
     wait_answer_stats,
     watch_answer,
 )
-from tests.playground.conftest import Site, StartSite, pieces_script
+from tests.playground.conftest import StartSite
+from tests.playground.site import Site, pieces_script
 
 
 def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
