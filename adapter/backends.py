@@ -16,8 +16,9 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, replace
 
 from adapter.config import AdapterConfig
-from adapter.contract import GenerateInputs, GenerateOutput, ModelInfo, TritonBackend
+from adapter.contract import GenerateInputs, ModelInfo, TritonBackend
 from adapter.errors import APIError, ServiceUnavailable
+from contract.tensors import ModelResponse
 
 logger = logging.getLogger("adapter")
 
@@ -72,7 +73,7 @@ class Backends:
 
     async def generate(
         self, model: str, inputs: GenerateInputs
-    ) -> AsyncGenerator[GenerateOutput, None]:
+    ) -> AsyncGenerator[ModelResponse, None]:
         tried: set[int] = set()
         while True:
             untried = [slot for slot in self.candidates(model) if slot not in tried]

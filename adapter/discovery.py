@@ -17,8 +17,9 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
-from adapter.contract import GenerateInputs, GenerateOutput, ModelInfo, TritonBackend
+from adapter.contract import GenerateInputs, ModelInfo, TritonBackend
 from adapter.errors import APIError, ServiceUnavailable
+from contract.tensors import ModelResponse
 
 logger = logging.getLogger("adapter")
 
@@ -138,7 +139,7 @@ class DnsBackends:
 
     async def generate(
         self, model: str, inputs: GenerateInputs
-    ) -> AsyncGenerator[GenerateOutput, None]:
+    ) -> AsyncGenerator[ModelResponse, None]:
         """Least-loaded address first; an unreachable one (503 before any output) hands the
         request to the next, and makes the next request resolve the name again."""
         await self.refresh()

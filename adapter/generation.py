@@ -16,9 +16,11 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from adapter.contract import GenerateInputs, GenerateOutput, TokenLogprobs, TritonBackend
+from adapter.contract import GenerateInputs, TritonBackend
 from adapter.errors import ClientGone, ModelError, ServiceUnavailable
 from adapter.objects import Usage
+from contract.outputs import TokenLogprobs
+from contract.tensors import ModelResponse
 
 logger = logging.getLogger("adapter")
 
@@ -73,7 +75,7 @@ async def generate_deltas(
 
 
 def _deltas(
-    position: int, output: GenerateOutput, num_choices: int, tally: UsageTally
+    position: int, output: ModelResponse, num_choices: int, tally: UsageTally
 ) -> list[Delta]:
     if output.num_input_tokens is not None:
         tally.prompt_tokens[position] = output.num_input_tokens
@@ -93,17 +95,17 @@ def _deltas(
 
 
 async def _merge(
-    streams: list[AsyncGenerator[GenerateOutput, None]],
-) -> AsyncGenerator[tuple[int, GenerateOutput], None]:
+    streams: list[AsyncGenerator[ModelResponse, None]],
+) -> AsyncGenerator[tuple[int, ModelResponse], None]:
     """Interleave several request streams as (prompt position, response)."""
     if len(streams) == 1:  # the common case: no tasks, cancellation flows straight through
         async with aclosing(streams[0]) as stream:
             async for output in stream:
                 yield 0, output
         return
-    queue: asyncio.Queue[tuple[int, GenerateOutput | BaseException | None]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, ModelResponse | BaseException | None]] = asyncio.Queue()
 
-    async def pump(position: int, stream: AsyncGenerator[GenerateOutput, None]) -> None:
+    async def pump(position: int, stream: AsyncGenerator[ModelResponse, None]) -> None:
         try:
             async with aclosing(stream):
                 async for output in stream:

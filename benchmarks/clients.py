@@ -4,8 +4,8 @@
   SSE parsed here (no SDK in the timing path), HTTP/1.1 keep-alive with a connection
   per concurrent request; tokens from `stream_options.include_usage`.
 - `TritonGrpcBackend`: a Triton model of our tensor contract over gRPC streaming, one
-  bidirectional stream per request (as the adapter does), so "Triton direct" and
-  "through the adapter" differ only by the adapter.
+  `adapter.triton_call.TritonCall` per request (as the adapter does), so "Triton direct"
+  and "through the adapter" differ only by the adapter's HTTP layer.
 - `TritonGenerateBackend`: Triton's HTTP `generate_stream` extension (SSE).
 
 Every backend fills a `RequestRecord`; failures are recorded, never raised, so one bad
@@ -133,106 +133,72 @@ class OpenAIBackend:
         await self.client.aclose()
 
 
-def sampling_parameters(request: BenchRequest, ignore_eos: bool) -> str:
+def sampling_parameters(request: BenchRequest, ignore_eos: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": 0.0}
     if ignore_eos:
         params["ignore_eos"] = True
-    return json.dumps(params)
+    return params
 
 
 class TritonGrpcBackend:
+    """Our tensor contract over gRPC, through the adapter's own `TritonCall` (the same
+    start, read and end of a call as the adapter, without the HTTP layer)."""
+
     def __init__(self, url: str, model: str, ignore_eos: bool) -> None:
         import tritonclient.grpc.aio as grpcclient  # only this backend needs it
 
-        self.grpcclient = grpcclient
         self.client = grpcclient.InferenceServerClient(url=url)
         self.model = model
         self.ignore_eos = ignore_eos
-
-    def inputs(self, request: BenchRequest) -> list[Any]:
-        import numpy as np
-
-        values: dict[str, str | bool] = {
-            "text_input": request.as_text(),
-            "sampling_parameters": sampling_parameters(request, self.ignore_eos),
-            "stream": True,
-            "exclude_input_in_output": True,
-            "return_num_input_tokens": True,
-            "return_num_output_tokens": True,
-        }
-        tensors = []
-        for name, value in values.items():
-            is_text = isinstance(value, str)
-            tensor = self.grpcclient.InferInput(name, [1], "BYTES" if is_text else "BOOL")
-            data = [value.encode("utf-8")] if isinstance(value, str) else [value]
-            tensor.set_data_from_numpy(np.array(data, dtype=np.object_ if is_text else np.bool_))
-            tensors.append(tensor)
-        return tensors
+        self._readers: set[asyncio.Task[None]] = set()
+        self._cancel_in_band: bool | None = None  # learnt from the model's config
 
     async def send(self, request: BenchRequest, record: RequestRecord) -> None:
-        done = asyncio.Event()
+        from adapter.triton_call import TritonCall
+        from contract.tensors import ModelRequest
 
-        async def requests() -> Any:
-            yield {"model_name": self.model, "inputs": self.inputs(request)}
-            await done.wait()  # keep the stream open until the final response
-
-        stream = self.client.stream_infer(requests())
-        ended = False  # Triton ended the request (final response or error)
+        model_request = ModelRequest(
+            text_input=request.as_text(),
+            sampling_parameters=sampling_parameters(request, self.ignore_eos),
+            stream=True,
+            exclude_input_in_output=True,
+        )
         try:
-            async for result, error in stream:
-                if error is not None:
-                    record.error = str(error)[:300]
-                    ended = True
-                    return
-                if self._on_response(result, record):
-                    ended = True
-                    return
-            ended = True  # Triton ended the call itself
-        except Exception as error:  # grpc and tritonclient errors have no common base
+            call = TritonCall(
+                self.client,
+                self.model,
+                model_request,
+                request_id=str(id(record)),
+                cancel_in_band=await self._cancels_in_band(),
+                readers=self._readers,
+            )
+            async with call:  # a run cut short (its time limit) cancels the request
+                async for response in call:
+                    if any(choice.text for choice in response.choices):
+                        record.chunk_times.append(time.perf_counter() - record.sent_at)
+                    counts = [c.num_output_tokens for c in response.choices]
+                    if counts and counts[0] is not None:
+                        record.output_tokens = counts[0]  # cumulative
+                    if response.num_input_tokens is not None:
+                        record.input_tokens = response.num_input_tokens
+        except Exception as error:  # grpc, tritonclient and contract errors share no base
             record.error = f"{type(error).__name__}: {error}"[:300]
-            ended = True
         finally:
             record.latency = time.perf_counter() - record.sent_at
-            done.set()  # half-close
-            if ended:
-                await self._end_call(stream)
-            else:
-                stream.cancel()  # cut short (time limit): Triton cancels the request
 
-    @staticmethod
-    async def _end_call(stream: Any) -> None:
-        """Let Triton end the call after our half-close: cancelling a call whose request
-        has just ended can leak the request in Triton 2.51, and the model then never
-        unloads (docs/reliability.md, item 8)."""
+    async def _cancels_in_band(self) -> bool:
+        from contract.tensors import Capabilities
 
-        async def drain() -> None:
-            async for _ in stream:
-                pass
-
-        try:
-            await asyncio.wait_for(drain(), 5.0)
-        except asyncio.TimeoutError:
-            stream.cancel()
-        except Exception:  # the call ended with an error status: nothing left to free
-            pass
-
-    @staticmethod
-    def _on_response(result: Any, record: RequestRecord) -> bool:
-        """Record one response; True when it was the final one."""
-        texts = result.as_numpy("text_output")
-        if texts is not None and any(len(text) for text in texts.reshape(-1)):
-            record.chunk_times.append(time.perf_counter() - record.sent_at)
-        counts = result.as_numpy("num_output_tokens")
-        if counts is not None and counts.size:
-            record.output_tokens = int(counts.reshape(-1)[0])  # cumulative
-        inputs = result.as_numpy("num_input_tokens")
-        if inputs is not None and inputs.size:
-            record.input_tokens = int(inputs.reshape(-1)[0])
-        parameters = result.get_response().parameters
-        final = parameters.get("triton_final_response")
-        return bool(final is not None and final.bool_param)
+        if self._cancel_in_band is None:
+            config = await self.client.get_model_config(self.model, as_json=True)
+            names = {tensor["name"] for tensor in config.get("config", {}).get("input", [])}
+            capabilities = Capabilities.of(names)
+            self._cancel_in_band = capabilities is not None and capabilities.cancel_in_band
+        return self._cancel_in_band
 
     async def close(self) -> None:
+        while self._readers:  # every call ended by Triton (or cancelled when overdue)
+            await asyncio.gather(*self._readers, return_exceptions=True)
         await self.client.close()
 
 
@@ -248,7 +214,7 @@ class TritonGenerateBackend:
     async def send(self, request: BenchRequest, record: RequestRecord) -> None:
         body = {
             "text_input": request.as_text(),
-            "sampling_parameters": sampling_parameters(request, self.ignore_eos),
+            "sampling_parameters": json.dumps(sampling_parameters(request, self.ignore_eos)),
             "stream": True,
             "exclude_input_in_output": True,
             "return_num_input_tokens": True,

@@ -83,7 +83,7 @@ def run_engine(
 
 def _generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> int:
     for key, prompt in enumerate(prompts):
-        request = GenerationRequest(request_id=str(key), params=params, prompt="")
+        request = GenerationRequest(params=params, prompt="")
         engine.add_request(key, PreparedRequest(request, prompt, "", params.max_tokens or 1))
     output_tokens = 0
     while engine.has_unfinished():

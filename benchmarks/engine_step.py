@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     decode_steps = args.steps + args.profile_steps + 1
     params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True)
     for key, prompt in enumerate(synthetic_prompts(args.num_seqs, args.input_len, 49152)):
-        request = GenerationRequest(request_id=str(key), params=params, prompt="")
+        request = GenerationRequest(params=params, prompt="")
         engine.add_request(key, PreparedRequest(request, prompt, "", decode_steps + 1))
     started = time.perf_counter()
     while any(

@@ -12,7 +12,7 @@ import numpy as np
 from tritonclient.grpc import InferResult, service_pb2
 from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
-from adapter.triton_client import parse_response
+from adapter.triton_call import read_response
 
 OUTPUTS = {
     "text_output": np.array([b" null"], dtype=np.object_),
@@ -46,11 +46,11 @@ def microseconds(work: object, result: InferResult, repeats: int) -> float:
 def main(repeats: int = 20_000) -> None:
     result = typical_response()
 
-    def with_as_numpy(result: InferResult) -> None:  # what parse_response did before
+    def with_as_numpy(result: InferResult) -> None:  # tritonclient's own way
         for name in (*OUTPUTS, "logprobs"):
             result.as_numpy(name)
 
-    print(f"parse_response: {microseconds(parse_response, result, repeats):.1f} us per response")
+    print(f"read_response: {microseconds(read_response, result, repeats):.1f} us per response")
     print(f"as_numpy of each output alone: {microseconds(with_as_numpy, result, repeats):.1f} us")
 
 

@@ -265,7 +265,7 @@ def offline_first_token_ms(weights_dir: Path, spec: WorkloadSpec, repeats: int =
         prompt = tokenizer.encode(request.as_text()).ids
         started = time.perf_counter()
         engine.add_request(
-            key, PreparedRequest(GenerationRequest(str(key), params, ""), prompt, "", 1)
+            key, PreparedRequest(GenerationRequest(params, ""), prompt, "", 1)
         )
         while engine.has_unfinished():
             engine.step()

@@ -233,7 +233,6 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "num_threads": ("engine.num_threads", _int),
 }
 
-PARAMETER_NAMES = tuple(_PARAMETERS)
 assert {f.name for f in fields(CacheConfig)} >= {
     v[0].split(".")[1] for v in _PARAMETERS.values() if v[0].startswith("cache.")
 }

@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from engine.api import ChoiceDelta, GenerationOutput, GenerationRequest, RequestError
+from contract.errors import ContractError, ErrorKind
+from contract.outputs import ChoiceDelta, TokenLogprobs, TopLogprob
+from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
 from engine.metrics import EngineMetrics
 from engine.model_runner import ModelRunner
@@ -37,7 +39,7 @@ class _RequestState:
     sequences: list[Sequence]
     trackers: list[SequenceOutputTracker]
     texts: list[str] = field(default_factory=list)  # accumulated text per choice (non-streaming)
-    logprobs: list[dict[str, list]] = field(default_factory=list)  # accumulated, non-streaming
+    logprobs: list[TokenLogprobs] = field(default_factory=list)  # accumulated, non-streaming
     echoed: list[bool] = field(default_factory=list)  # prompt text already sent per choice
 
     @property
@@ -59,14 +61,14 @@ class LLMEngine:
 
     # -- any thread ------------------------------------------------------------------------
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Tokenize and check the request against the context; raises RequestError."""
+        """Tokenize and check the request against the context; raises ContractError."""
         if request.messages is not None:
             try:
                 prompt_text = self.tokenizer.apply_chat_template(request.messages)
             except MessagesError as error:
-                raise RequestError(str(error).split(": ", 1)[-1], error.field) from None
+                raise ContractError(str(error).split(": ", 1)[-1], error.field) from None
             except ValueError as error:  # the template itself refused the conversation
-                raise RequestError(str(error), "messages") from None
+                raise ContractError(str(error), "messages") from None
             prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=False)
         elif request.prompt_token_ids is not None:
             prompt_token_ids = self._checked_token_ids(request.prompt_token_ids)
@@ -77,7 +79,7 @@ class LLMEngine:
             prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=True)
         if not prompt_token_ids:
             field = "prompt" if request.prompt_token_ids is not None else "text_input"
-            raise RequestError("the prompt is empty", field)
+            raise ContractError("the prompt is empty", field)
         # Without max_tokens a sequence may grow to the context or the whole cache, not beyond.
         cache = self.config.cache
         room = min(self.config.scheduler.max_model_len, cache.num_blocks * cache.block_size)
@@ -85,11 +87,11 @@ class LLMEngine:
         try:
             self.scheduler.check_fits(len(prompt_token_ids), max(max_tokens, 1))
         except RequestTooLargeError as error:
-            raise RequestError(str(error), kind="context length") from None
+            raise ContractError(str(error), kind=ErrorKind.CONTEXT_LENGTH) from None
         vocab_size = self.config.model.vocab_size
         for token_id in request.params.logit_bias:
             if token_id >= vocab_size:
-                raise RequestError(f"token id {token_id} is not below the vocabulary size {vocab_size}", "logit_bias")
+                raise ContractError(f"token id {token_id} is not below the vocabulary size {vocab_size}", "logit_bias")
         return PreparedRequest(request, prompt_token_ids, prompt_text, max_tokens)
 
     def _checked_token_ids(self, token_ids: list[int]) -> list[int]:
@@ -97,20 +99,20 @@ class LLMEngine:
         vocab_size = self.config.model.vocab_size
         for token_id in token_ids:
             if not 0 <= token_id < vocab_size:
-                raise RequestError(
+                raise ContractError(
                     f"token id {token_id} is not in [0, {vocab_size}) (the vocabulary)", "prompt"
                 )
         return list(token_ids)
 
     # -- engine thread ---------------------------------------------------------------------
-    def add_request(self, key: int, prepared: PreparedRequest) -> None:
+    def add_request(self, request_id: int, prepared: PreparedRequest) -> None:
         now = time.monotonic()
         params = prepared.request.params
         sequences, trackers = [], []
         for index in range(params.n):
             seq = Sequence(
                 seq_id=self._next_seq_id,
-                request_id=str(key),
+                request_id=request_id,
                 index=index,
                 token_ids=list(prepared.prompt_token_ids),
                 num_prompt_tokens=len(prepared.prompt_token_ids),
@@ -127,18 +129,16 @@ class LLMEngine:
             )
         state = _RequestState(prepared, sequences, trackers)
         state.texts = [""] * params.n
-        state.logprobs = [
-            {"token_ids": [], "tokens": [], "logprobs": [], "top_logprobs": []} for _ in range(params.n)
-        ]
+        state.logprobs = [TokenLogprobs() for _ in range(params.n)]
         state.echoed = [False] * params.n
-        self._requests[key] = state
+        self._requests[request_id] = state
         for seq in sequences:
             self.scheduler.add(seq)
         self.metrics.add_prompt_tokens(len(prepared.prompt_token_ids))
 
-    def abort(self, key: int) -> None:
-        if self._requests.pop(key, None) is not None:
-            self.scheduler.abort(str(key))
+    def abort(self, request_id: int) -> None:
+        if self._requests.pop(request_id, None) is not None:
+            self.scheduler.abort(request_id)
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)
@@ -160,17 +160,16 @@ class LLMEngine:
             if result is None:
                 continue
             seq = chunk.seq
-            key = int(seq.request_id)
-            state = self._requests.get(key)
+            state = self._requests.get(seq.request_id)
             if state is None or seq.status.finished:
                 continue
             delta = self._accept_token(state, seq, result, now)
-            touched.setdefault(key, []).append(delta)
+            touched.setdefault(seq.request_id, []).append(delta)
         outputs = []
-        for key, deltas in touched.items():
-            output = self._request_output(key, deltas)
+        for request_id, deltas in touched.items():
+            output = self._request_output(request_id, deltas)
             if output is not None:
-                outputs.append((key, output))
+                outputs.append((request_id, output))
         return outputs
 
     def _accept_token(
@@ -190,20 +189,20 @@ class LLMEngine:
         logprobs = self._logprobs(result) if seq.params.logprobs else None
         return ChoiceDelta(seq.index, text, seq.num_output_tokens, finish_reason, logprobs)
 
-    def _logprobs(self, result: SampleResult) -> dict[str, list]:
-        """The contract's logprobs object (docs/api.md) for one sampled token."""
+    def _logprobs(self, result: SampleResult) -> TokenLogprobs:
+        """The logprobs of one sampled token."""
         text = self.tokenizer.token_text
-        return {
-            "token_ids": [result.token_id],
-            "tokens": [text(result.token_id)],
-            "logprobs": [result.logprob if result.logprob is not None else 0.0],
-            "top_logprobs": [
-                [{"token": text(t), "logprob": lp} for t, lp in result.top_logprobs]
-            ],
-        }
+        return TokenLogprobs(
+            token_ids=[result.token_id],
+            tokens=[text(result.token_id)],
+            logprobs=[result.logprob if result.logprob is not None else 0.0],
+            top_logprobs=[[TopLogprob(text(t), lp) for t, lp in result.top_logprobs]],
+        )
 
-    def _request_output(self, key: int, deltas: list[ChoiceDelta]) -> GenerationOutput | None:
-        state = self._requests[key]
+    def _request_output(
+        self, request_id: int, deltas: list[ChoiceDelta]
+    ) -> GenerationOutput | None:
+        state = self._requests[request_id]
         request = state.prepared.request
         for delta in deltas:
             if request.include_input and not state.echoed[delta.index]:
@@ -211,27 +210,23 @@ class LLMEngine:
                 delta.text = state.prepared.prompt_text + delta.text
         finished = state.finished
         if finished:
-            del self._requests[key]
+            del self._requests[request_id]
         if request.stream:
             # Deltas whose text is held back (partial UTF-8, a possible stop string) wait.
             deltas = [d for d in deltas if d.text or d.finish_reason or d.logprobs]
             if not deltas and not finished:
                 return None
-            return GenerationOutput(
-                len(state.prepared.prompt_token_ids), deltas, finished, request.flags
-            )
+            return GenerationOutput(len(state.prepared.prompt_token_ids), deltas, finished)
         for delta in deltas:
             state.texts[delta.index] += delta.text
             if delta.logprobs:
-                for name, values in delta.logprobs.items():
-                    state.logprobs[delta.index][name].extend(values)
+                state.logprobs[delta.index].extend(delta.logprobs)
         if not finished:
             return None
         return GenerationOutput(
             len(state.prepared.prompt_token_ids),
             [self._whole_choice(state, seq) for seq in state.sequences],
             True,
-            request.flags,
         )
 
     @staticmethod

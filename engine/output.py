@@ -33,16 +33,10 @@ class SequenceOutputTracker:
             tokenizer, prompt_token_ids, params.skip_special_tokens
         )
         self._stop_checker = StopChecker(params, tokenizer.eos_token_ids, max_tokens)
-        self._sent: list[str] = []  # every piece sent; joined only when asked for
 
     @property
     def finish_reason(self) -> str | None:
         return self._stop_checker.finish_reason
-
-    @property
-    def text(self) -> str:
-        """Everything sent so far: the whole output for a non-streaming response."""
-        return "".join(self._sent)
 
     @property
     def num_output_tokens(self) -> int:
@@ -54,14 +48,10 @@ class SequenceOutputTracker:
         if self._stop_checker.num_tokens_left == 1:
             # The last token: a character still incomplete will never be completed.
             text += self._detokenizer.flush()
-        result = self._stop_checker.check(token_id, text)
-        self._sent.append(result.text)
-        return result
+        return self._stop_checker.check(token_id, text)
 
     def flush(self) -> str:
         """Text still held when the engine ends the sequence itself; "" after a finish here."""
         if self.finish_reason is not None:
             return ""
-        text = self._stop_checker.flush() + self._detokenizer.flush()
-        self._sent.append(text)
-        return text
+        return self._stop_checker.flush() + self._detokenizer.flush()

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from contract.tensors import render_model_config
 from engine.config import SUPPORTED_ARCHITECTURES, ModelConfig
 
 WEIGHTS_DIR = "weights"
@@ -98,7 +99,10 @@ def package_model(
     model_config = ModelConfig.from_model_dir(weights_dir)
     config_path = model_dir / "config.pbtxt"
     if force or not config_path.is_file():
-        config_path.write_text(render_config_pbtxt(name, model_config, parameters or {}))
+        # The context length defaults to what the model was trained for, at most 8192.
+        context = str(min(model_config.max_position_embeddings, 8192))
+        config_text = render_model_config(name, {"max_model_len": context, **(parameters or {})})
+        config_path.write_text(config_text)
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     # The shim is generated: always refresh it so a package follows the installed engine.
@@ -231,56 +235,3 @@ def _convert_gguf(gguf_path: Path, target: Path, progress: bool) -> None:
     tokenizer.save_pretrained(str(target))
     generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
     (target / "generation_config.json").write_text(json.dumps(generation, indent=1))
-
-
-def render_config_pbtxt(name: str, model: ModelConfig, parameters: dict[str, str]) -> str:
-    """The Triton model configuration: the tensor contract plus the engine's parameters."""
-    inputs = [
-        ("text_input", "TYPE_STRING", "1"),
-        ("messages", "TYPE_STRING", "1"),
-        ("input_ids", "TYPE_INT64", "-1"),  # a prompt as token ids (completions)
-        ("stream", "TYPE_BOOL", "1"),
-        ("sampling_parameters", "TYPE_STRING", "1"),
-        ("exclude_input_in_output", "TYPE_BOOL", "1"),
-        ("return_finish_reason", "TYPE_BOOL", "1"),
-        ("return_num_input_tokens", "TYPE_BOOL", "1"),
-        ("return_num_output_tokens", "TYPE_BOOL", "1"),
-        ("return_logprobs", "TYPE_BOOL", "1"),
-        # In-band cancellation (docs/api.md): a key sent with a request, and a request
-        # with `cancel` true and that key, which stops it.
-        ("cancellation_key", "TYPE_STRING", "1"),
-        ("cancel", "TYPE_BOOL", "1"),
-    ]
-    outputs = [
-        ("text_output", "TYPE_STRING", "-1"),
-        ("finish_reason", "TYPE_STRING", "-1"),
-        ("index", "TYPE_INT32", "-1"),
-        ("num_input_tokens", "TYPE_INT32", "1"),
-        ("num_output_tokens", "TYPE_INT32", "-1"),
-        ("logprobs", "TYPE_STRING", "-1"),
-    ]
-    params = {"max_model_len": str(min(model.max_position_embeddings, 8192)), **parameters}
-    lines = [
-        f'name: "{name}"',
-        'backend: "python"',
-        "max_batch_size: 0",
-        "model_transaction_policy { decoupled: true }",
-        "",
-        "input [",
-        ",\n".join(
-            f'  {{ name: "{n}" data_type: {t} dims: [ {d} ] optional: true }}'
-            for n, t, d in inputs
-        ),
-        "]",
-        "output [",
-        ",\n".join(f'  {{ name: "{n}" data_type: {t} dims: [ {d} ] }}' for n, t, d in outputs),
-        "]",
-        "",
-        "# One instance: the engine batches requests itself (continuous batching).",
-        "instance_group [ { count: 1 kind: KIND_MODEL } ]",
-        "",
-        "# Engine parameters; see docs/architecture.md (Configuration).",
-    ]
-    for key, value in sorted(params.items()):
-        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
-    return "\n".join(lines) + "\n"

@@ -41,7 +41,7 @@ _FINISHED = {
 @dataclass(eq=False)
 class Sequence:
     seq_id: int  # unique in the engine
-    request_id: str  # the Triton/OpenAI request this sequence belongs to
+    request_id: int  # the engine's id of the request this sequence belongs to (EngineService)
     index: int  # choice index within the request, 0..n-1
     token_ids: list[int]  # prompt then output tokens; appended to, never rebuilt
     num_prompt_tokens: int

@@ -100,10 +100,10 @@ class Scheduler:
         )
         self.waiting: deque[Sequence] = deque()  # FCFS; preempted sequences go to the front
         self.running: list[Sequence] = []  # oldest first (by _arrival); hold blocks
-        self._requests: dict[str, list[Sequence]] = {}  # unfinished sequences per request id
+        self._requests: dict[int, list[Sequence]] = {}  # unfinished sequences per request id
         # request id -> its first sequence, until that one's prompt KV is in the prefix cache.
-        self._prompt_leaders: dict[str, Sequence] = {}
-        self._held: dict[str, list[Sequence]] = {}  # siblings waiting for their leader's prompt
+        self._prompt_leaders: dict[int, Sequence] = {}
+        self._held: dict[int, list[Sequence]] = {}  # siblings waiting for their leader's prompt
         self._in_flight: SchedulerOutput | None = None  # scheduled, step_done not called yet
         self.num_preemptions = 0  # total since start
 
@@ -234,7 +234,7 @@ class Scheduler:
             self._requests.pop(request_id, None)
             self._held.pop(request_id, None)
 
-    def abort(self, request_id: str) -> list[Sequence]:
+    def abort(self, request_id: int) -> list[Sequence]:
         """Finish every unfinished sequence of the request as FINISHED_ABORTED; [] if unknown."""
         sequences = list(self._requests.get(request_id, ()))
         for seq in sequences:
@@ -337,7 +337,7 @@ class Scheduler:
         seq.num_computed_tokens = chunk.end
         return chunk
 
-    def _release_siblings(self, request_id: str) -> None:
+    def _release_siblings(self, request_id: int) -> None:
         """Queue the held siblings at the front (they arrived with their leader)."""
         self._prompt_leaders.pop(request_id, None)
         for sibling in reversed(self._held.pop(request_id, [])):

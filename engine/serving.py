@@ -14,7 +14,8 @@ import queue
 import threading
 from typing import Any, Protocol
 
-from engine.api import GenerationOutput, GenerationRequest, RequestError
+from contract.errors import ContractError, ErrorKind
+from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.metrics import EngineMetrics
@@ -70,11 +71,11 @@ class EngineService:
             raise self._build_error
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
-        """Validate and tokenize now (raises RequestError), then queue for the engine thread."""
+        """Validate and tokenize now (raises ContractError), then queue for the engine thread."""
         prepared = self.engine.prepare(request)
         with self._admission:
             if self._stopped.is_set():
-                raise RequestError(self._stop_reason, kind="unavailable")
+                raise ContractError(self._stop_reason, kind=ErrorKind.UNAVAILABLE)
             self._inbox.put((next(self._keys), prepared, sink))
 
     def shutdown(self, timeout_s: float = 30.0) -> None:

@@ -1,8 +1,8 @@
 """Triton Python-backend model: the thin shim between Triton and the engine.
 
 `tritium package` copies this file to `<model_repository>/<name>/1/model.py`.
-Parse a request -> `EngineService.submit`; the engine thread sends the responses
-through `TritonSink`. The tensor contract is in docs/api.md.
+Decode a request (`contract.tensors`) -> `EngineService.submit`; the engine thread
+sends the responses through `TritonSink`. The tensor contract is the `contract` package.
 """
 
 from __future__ import annotations
@@ -12,22 +12,14 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from engine.api import GenerationOutput, GenerationRequest, RequestError
+from contract.errors import ContractError, ErrorKind
+from contract.tensors import ModelRequest, decode_backend_request, encode_response
+from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
 from engine.metrics import EngineMetrics
 from engine.serving import EngineService
-
-BOOL_INPUTS = (
-    "stream",
-    "exclude_input_in_output",
-    "return_finish_reason",
-    "return_num_input_tokens",
-    "return_num_output_tokens",
-    "return_logprobs",
-)
 
 
 class TritonPythonModel:
@@ -59,33 +51,26 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                key = _string_input(request, "cancellation_key")
-                if _bool_input(request, "cancel"):
-                    self._cancel(key)
+                inputs = decode_backend_request(request, pb_utils)
+                if inputs.cancel:
+                    self._cancel(inputs.cancellation_key)
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
-                sink = TritonSink(sender)
-                self.service.submit(_parse_request(request), sink)
-                if key:
-                    self.cancellable[key] = sink
-            except RequestError as error:
+                sink = TritonSink(sender, inputs)
+                self.service.submit(GenerationRequest.from_contract(inputs), sink)
+                if inputs.cancellation_key:
+                    self.cancellable[inputs.cancellation_key] = sink
+            except ContractError as error:
                 sender.send(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(error.triton_message)),
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
                 )
         return None
 
-    def _cancel(self, key: str | None) -> None:
-        """A cancel request (`cancel` true): stop the request sent with `cancellation_key`.
-
-        The adapter cancels in band rather than by cancelling its gRPC call, which
-        Triton 2.51 can turn into a leaked request when the call is cancelled as the
-        request's final response is written (docs/reliability.md, item 8). A key that is
-        not in flight is nothing to do: its request has ended. (Were a cancel ever
-        executed before its own request, that request would run on, and the adapter
-        would cancel its call 5 s after the half-close.)"""
-        if not key:
-            raise RequestError("a cancel request names the request to stop", "cancellation_key")
+    def _cancel(self, key: str) -> None:
+        """A cancel request: stop the request sent with `cancellation_key` (in-band
+        cancellation; `adapter.triton_call` says why the adapter cancels this way). A key
+        that is not in flight is nothing to do: its request has ended."""
         sink = self.cancellable.pop(key, None)
         if sink is not None:
             sink.cancel()  # the engine thread aborts it at its next step and ends it
@@ -94,40 +79,12 @@ class TritonPythonModel:
         self.service.shutdown()
 
 
-def _string_input(request: Any, name: str) -> str | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    value = tensor.as_numpy().reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _bool_input(request: Any, name: str) -> bool | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
-
-
-def _parse_request(request: Any) -> GenerationRequest:
-    def token_ids_input(name: str) -> list[int] | None:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return None if tensor is None else [int(v) for v in tensor.as_numpy().reshape(-1)]
-
-    flags = {name: _bool_input(request, name) for name in BOOL_INPUTS}
-    return GenerationRequest.from_contract(
-        request_id=request.request_id() or "",
-        text_input=_string_input(request, "text_input"),
-        messages=_string_input(request, "messages"),
-        input_ids=token_ids_input("input_ids"),
-        sampling_parameters=_string_input(request, "sampling_parameters"),
-        flags={name: value for name, value in flags.items() if value is not None},
-    )
-
-
 class TritonSink:
     """Sends engine outputs of one request as Triton responses (called on the engine thread)."""
 
-    def __init__(self, sender: Any) -> None:
+    def __init__(self, sender: Any, request: ModelRequest) -> None:
         self.sender = sender
+        self.request = request  # which outputs to send (its `return_*` inputs)
         self.cancelled = False  # set by a cancel request (any thread); read by the engine
 
     def cancel(self) -> None:
@@ -144,35 +101,13 @@ class TritonSink:
     def send(self, output: GenerationOutput) -> None:
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
         if output.error is not None:
-            message = f"unavailable: {output.error}"
+            message = ContractError(output.error, kind=ErrorKind.UNAVAILABLE).triton_message
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
         else:
-            response = pb_utils.InferenceResponse(output_tensors=_output_tensors(output))
+            arrays = encode_response(self.request, output.choices, output.num_input_tokens)
+            tensors = [pb_utils.Tensor(name, array) for name, array in arrays]
+            response = pb_utils.InferenceResponse(output_tensors=tensors)
         self.sender.send(response, flags=flags)
-
-
-def _output_tensors(output: GenerationOutput) -> list[Any]:
-    choices = output.choices
-    tensors = [
-        pb_utils.Tensor("text_output", _strings([c.text for c in choices])),
-        pb_utils.Tensor("index", np.array([c.index for c in choices], dtype=np.int32)),
-        pb_utils.Tensor("num_input_tokens", np.array([output.num_input_tokens], dtype=np.int32)),
-    ]
-    flags = output.flags
-    if flags.get("return_finish_reason", True):
-        reasons = [c.finish_reason or "" for c in choices]
-        tensors.append(pb_utils.Tensor("finish_reason", _strings(reasons)))
-    if flags.get("return_num_output_tokens", True):
-        counts = np.array([c.num_output_tokens for c in choices], dtype=np.int32)
-        tensors.append(pb_utils.Tensor("num_output_tokens", counts))
-    if flags.get("return_logprobs", False):
-        logprobs = [json.dumps(c.logprobs) if c.logprobs else "" for c in choices]
-        tensors.append(pb_utils.Tensor("logprobs", _strings(logprobs)))
-    return tensors
-
-
-def _strings(values: list[str]) -> np.ndarray:
-    return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
 
 
 class _TritonMetricSink:

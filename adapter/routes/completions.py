@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from adapter.contract import GenerateInputs, TokenLogprobs
+from adapter.contract import GenerateInputs
 from adapter.dependencies import State, find_model
 from adapter.errors import InvalidRequest, request_id_of
 from adapter.generation import Delta, UsageTally
@@ -22,6 +22,7 @@ from adapter.objects import (
 from adapter.routes.runner import GenerationRun
 from adapter.sampling import sampling_parameters
 from adapter.schemas import CompletionRequest
+from contract.outputs import TokenLogprobs
 
 router = APIRouter(tags=["completions"])
 

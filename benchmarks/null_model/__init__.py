@@ -3,14 +3,16 @@
     write_null_repository(repository, {"null-1": 1, "null-16": 16})
 
 writes one decoupled Python-backend model per entry, each with the LLM tensor contract
-(the same config.pbtxt `tritium package` renders) and its `tokens_per_response`.
+(`contract.tensors.render_model_config`, as `tritium package` writes it) and its
+`tokens_per_response`.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
+
+from contract.tensors import render_model_config
 
 MODEL_SOURCE = Path(__file__).with_name("model.py")
 # The context length the adapter reads from config.pbtxt; the null model has no limit.
@@ -19,8 +21,6 @@ NULL_MAX_MODEL_LEN = 32768
 
 def write_null_repository(repository: Path, models: dict[str, int]) -> Path:
     """Write `<repository>/<name>/` for each name -> tokens_per_response; returns repository."""
-    from engine.package import render_config_pbtxt  # imports no torch
-
     for name, tokens_per_response in models.items():
         if tokens_per_response < 1:
             raise ValueError(
@@ -28,10 +28,10 @@ def write_null_repository(repository: Path, models: dict[str, int]) -> Path:
             )
         model_dir = repository / name
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
-        # render_config_pbtxt reads only the context length from the model's config.
-        model = SimpleNamespace(max_position_embeddings=NULL_MAX_MODEL_LEN)
-        parameters = {"tokens_per_response": str(tokens_per_response)}
-        config = render_config_pbtxt(name, model, parameters)  # type: ignore[arg-type]
-        (model_dir / "config.pbtxt").write_text(config)
+        parameters = {
+            "max_model_len": str(NULL_MAX_MODEL_LEN),
+            "tokens_per_response": str(tokens_per_response),
+        }
+        (model_dir / "config.pbtxt").write_text(render_model_config(name, parameters))
         shutil.copyfile(MODEL_SOURCE, model_dir / "1" / "model.py")
     return repository

@@ -21,24 +21,20 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from contract.errors import ContractError
+from contract.outputs import ChoiceDelta, FinishReason
+from contract.tensors import ModelRequest, decode_backend_request, encode_response
 
 TOKEN_TEXT = " null"  # every generated token; one word, so it round-trips as one token
 DEFAULT_MAX_TOKENS = 16
-KNOWN_FIELDS = {"max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
-                "ignore_eos", "n", "stop", "stop_token_ids", "presence_penalty",
-                "frequency_penalty", "repetition_penalty", "logit_bias", "logprobs",
-                "top_logprobs", "skip_special_tokens"}  # fmt: skip
-
-
-class InvalidRequest(ValueError):
-    """Sent back as 'invalid request: FIELD: why', the prefix the adapter maps to 400."""
 
 
 @dataclass
 class LiveRequest:
     sender: Any
+    request: ModelRequest
     stream: bool
     prompt_text: str  # prepended to the first output unless exclude_input_in_output
     num_input_tokens: int
@@ -72,22 +68,19 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                key = _string_input(request, "cancellation_key")
-                if _bool_input(request, "cancel", False):
-                    if not key:
-                        raise InvalidRequest("cancellation_key: a cancel request names a request")
-                    target = self.cancellable.pop(key, None)
+                inputs = decode_backend_request(request, pb_utils)
+                if inputs.cancel:
+                    target = self.cancellable.pop(inputs.cancellation_key or "", None)
                     if target is not None:
                         target.cancelled = True
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
-                live = _parse(request, sender)
-                if key:
-                    self.cancellable[key] = live
+                live = _live_request(inputs, sender)
+                if inputs.cancellation_key:
+                    self.cancellable[inputs.cancellation_key] = live
                 self.inbox.put(live)
-            except InvalidRequest as error:
-                message = f"invalid request: {error}"
-                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+            except ContractError as error:
+                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error.triton_message))
                 sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def finalize(self) -> None:
@@ -127,17 +120,10 @@ class TritonPythonModel:
             text = request.prompt_text + text
         request.num_sent += count
         finished = request.num_sent >= request.max_tokens
-        tensors = [
-            pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_)),
-            pb_utils.Tensor("index", np.array([0], dtype=np.int32)),
-            pb_utils.Tensor(
-                "num_input_tokens", np.array([request.num_input_tokens], dtype=np.int32)
-            ),
-            pb_utils.Tensor("num_output_tokens", np.array([request.num_sent], dtype=np.int32)),
-            pb_utils.Tensor(
-                "finish_reason", np.array([b"length" if finished else b""], dtype=np.object_)
-            ),
-        ]
+        reason = FinishReason.LENGTH.value if finished else None
+        choice = ChoiceDelta(0, text, request.num_sent, reason)
+        arrays = encode_response(request.request, [choice], request.num_input_tokens)
+        tensors = [pb_utils.Tensor(name, array) for name, array in arrays]
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if finished else 0
         try:
             request.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
@@ -146,55 +132,23 @@ class TritonPythonModel:
         return not finished
 
 
-def _string_input(request: Any, name: str) -> str | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    value = tensor.as_numpy().reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _bool_input(request: Any, name: str, default: bool) -> bool:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return default if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
-
-
-def _parse(request: Any, sender: Any) -> LiveRequest:
-    text_input, messages = _string_input(request, "text_input"), _string_input(request, "messages")
-    if (text_input is None) == (messages is None):
-        raise InvalidRequest("exactly one of the inputs text_input and messages is required")
-    prompt = text_input if text_input is not None else _messages_text(messages or "")
-    params = _sampling_parameters(_string_input(request, "sampling_parameters"))
+def _live_request(inputs: ModelRequest, sender: Any) -> LiveRequest:
+    if inputs.messages is not None:
+        prompt = "\n".join(str(m.get("content") or "") for m in inputs.messages if isinstance(m, dict))
+        num_input_tokens = len(prompt.split())
+    elif inputs.input_ids is not None:
+        prompt, num_input_tokens = "", len(inputs.input_ids)
+    else:
+        prompt = inputs.text_input or ""
+        num_input_tokens = len(prompt.split())
+    params = inputs.sampling_parameters or {}
+    if params.get("n", 1) != 1:
+        raise ContractError("the null model streams one choice; n must be 1", "n")
     return LiveRequest(
         sender=sender,
-        stream=_bool_input(request, "stream", False),
-        prompt_text="" if _bool_input(request, "exclude_input_in_output", False) else prompt,
-        num_input_tokens=len(prompt.split()),
+        request=inputs,
+        stream=bool(inputs.stream),
+        prompt_text="" if inputs.exclude_input_in_output else prompt,
+        num_input_tokens=num_input_tokens,
         max_tokens=params.get("max_tokens") or DEFAULT_MAX_TOKENS,
     )
-
-
-def _messages_text(messages: str) -> str:
-    try:
-        parsed = json.loads(messages)
-        return "\n".join(str(message.get("content") or "") for message in parsed)
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidRequest("messages: must be a JSON list of message objects") from None
-
-
-def _sampling_parameters(text: str | None) -> dict[str, Any]:
-    try:
-        params = json.loads(text) if text else {}
-    except ValueError:
-        raise InvalidRequest("sampling_parameters: not valid JSON") from None
-    if not isinstance(params, dict):
-        raise InvalidRequest("sampling_parameters: must be a JSON object")
-    unknown = sorted(set(params) - KNOWN_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"{unknown[0]}: unknown sampling parameter")
-    max_tokens = params.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise InvalidRequest(f"max_tokens: must be an integer >= 1, got {max_tokens!r}")
-    if (params.get("n") or 1) != 1:
-        raise InvalidRequest("n: the null model streams one choice; n must be 1")
-    return params

@@ -6,11 +6,13 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-from adapter.contract import ChoiceDelta, GenerateInputs, GenerateOutput, ModelInfo, TokenLogprobs
+from adapter.contract import GenerateInputs, ModelInfo
+from contract.outputs import ChoiceDelta, TokenLogprobs
+from contract.tensors import ModelResponse
 
 HANG = "hang"  # a script step: wait until cancelled
 
-Step = GenerateOutput | Exception | str
+Step = ModelResponse | Exception | str
 Script = list[Step]
 
 
@@ -21,13 +23,13 @@ def choice(
     tokens: int | None = 1,
     logprobs: TokenLogprobs | None = None,
 ) -> ChoiceDelta:
-    return ChoiceDelta(index, text, finish, tokens, logprobs)
+    return ChoiceDelta(index, text, tokens, finish, logprobs)
 
 
 def out(
     *choices: ChoiceDelta, prompt_tokens: int | None = 5, final: bool = False
-) -> GenerateOutput:
-    return GenerateOutput(list(choices), prompt_tokens, final)
+) -> ModelResponse:
+    return ModelResponse(list(choices), prompt_tokens, final)
 
 
 def default_script(inputs: GenerateInputs) -> Script:
@@ -61,7 +63,7 @@ class FakeTriton:
 
     async def generate(
         self, model: str, inputs: GenerateInputs
-    ) -> AsyncGenerator[GenerateOutput, None]:
+    ) -> AsyncGenerator[ModelResponse, None]:
         self.calls.append((model, inputs))
         if self.started is not None:
             self.started.set()

@@ -22,16 +22,31 @@ def test_importing_the_adapter_pulls_in_neither_torch_nor_engine() -> None:
     code = (
         "import sys, adapter.app, adapter.triton_client, adapter.cli;"
         "adapter.app.create_app();"
-        "import adapter;"
+        "import adapter, contract;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'engine', 'kernels'));"
-        "print(adapter.__file__); print(bad)"
+        "print(adapter.__file__); print(contract.__file__); print(bad)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
-    adapter_file, bad = result.stdout.splitlines()
-    assert Path(adapter_file).resolve().is_relative_to(REPO_ROOT)  # our adapter, not a namesake
+    adapter_file, contract_file, bad = result.stdout.splitlines()
+    for ours in (adapter_file, contract_file):  # ours, not a namesake
+        assert Path(ours).resolve().is_relative_to(REPO_ROOT)
     assert bad == "[]"
+
+
+def test_the_contract_imports_only_the_standard_library_and_numpy() -> None:
+    code = (
+        "import sys; before = set(sys.modules);"
+        "import contract.tensors, contract.sampling, contract.errors, contract.outputs;"
+        "new = [sys.modules[m] for m in set(sys.modules) - before];"
+        "print(sorted({m.__name__.split('.')[0] for m in new"
+        " if 'site-packages' in (getattr(m, '__file__', None) or '')}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "['numpy']"
 
 
 @pytest.mark.anyio

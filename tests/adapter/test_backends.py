@@ -9,7 +9,8 @@ import pytest
 from adapter.backends import Backends
 from adapter.contract import GenerateInputs, ModelInfo
 from adapter.errors import ServiceUnavailable
-from adapter.triton_client import build_inputs
+from adapter.triton_call import infer_inputs
+from adapter.triton_client import model_request
 from tests.adapter.fake_triton import HANG, FakeTriton, choice, out
 
 pytestmark = pytest.mark.anyio
@@ -85,7 +86,7 @@ async def test_unavailable_everywhere_is_a_503() -> None:
 
 def test_token_ids_are_an_int64_tensor_and_echo_is_asked_of_the_model() -> None:
     request = GenerateInputs("r", input_ids=[5, 7, 11], include_input=True)
-    tensors = {tensor.name(): tensor for tensor in build_inputs(request)}
+    tensors = {tensor.name(): tensor for tensor in infer_inputs(model_request(request))}
     assert "text_input" not in tensors and "messages" not in tensors
     assert tensors["input_ids"].datatype() == "INT64" and tensors["input_ids"].shape() == [3]
     sent = np.frombuffer(tensors["input_ids"]._get_content(), dtype=np.int64)

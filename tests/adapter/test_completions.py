@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from adapter.contract import TokenLogprobs, TopLogprob
+from contract.outputs import TokenLogprobs, TopLogprob
 from tests.adapter.conftest import assert_error, sse_payloads
 from tests.adapter.fake_triton import FakeTriton, choice, out
 

@@ -1,4 +1,4 @@
-"""The gRPC wrapper without a Triton: tensors built, responses parsed, errors mapped;
+"""The gRPC client and its calls without a Triton: tensors built, responses parsed, errors mapped;
 when the consumer stops early, an in-band cancel for models that take one (else the
 call is cancelled), and no cancellation once the request has ended (Triton ends the
 call after our half-close)."""
@@ -25,12 +25,9 @@ from adapter.errors import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from adapter.triton_client import (
-    TritonClient,
-    build_inputs,
-    error_from_triton,
-    parse_response,
-)
+from adapter.triton_call import TritonCall, infer_inputs, read_response
+from adapter.triton_client import TritonClient, error_from_triton, model_request
+from contract.errors import ContractError
 
 pytestmark = pytest.mark.anyio
 
@@ -61,7 +58,7 @@ def test_build_inputs_follows_the_contract() -> None:
         sampling_parameters={"n": 2, "temperature": 0.0},
         return_logprobs=True,
     )
-    tensors = {tensor.name(): tensor for tensor in build_inputs(inputs)}
+    tensors = {tensor.name(): tensor for tensor in infer_inputs(model_request(inputs))}
     assert set(tensors) == {
         "messages",
         "stream",
@@ -76,7 +73,7 @@ def test_build_inputs_follows_the_contract() -> None:
     assert tensors["stream"].datatype() == "BOOL"
     sent = tensors["sampling_parameters"]._get_content()
     assert json.loads(sent[4:].decode()) == {"n": 2, "temperature": 0.0}  # 4-byte length prefix
-    text_only = {t.name() for t in build_inputs(GenerateInputs("r2", text_input="x"))}
+    text_only = {t.name() for t in infer_inputs(model_request(GenerateInputs("r2", text_input="x")))}
     assert "text_input" in text_only and "messages" not in text_only
     assert "return_logprobs" not in text_only
 
@@ -101,7 +98,7 @@ def test_parse_response_with_every_output() -> None:
         },
         final=True,
     )
-    output = parse_response(result)
+    output = read_response(result)
     assert output.final and output.num_input_tokens == 11
     first, second = output.choices
     assert (first.index, first.text, first.finish_reason, first.num_output_tokens) == (
@@ -117,7 +114,7 @@ def test_parse_response_with_every_output() -> None:
 
 def test_parse_response_with_only_text_output() -> None:
     # A model like Triton's vLLM backend: no index, no counts.
-    output = parse_response(infer_result({"text_output": strings("hi")}))
+    output = read_response(infer_result({"text_output": strings("hi")}))
     assert [(c.index, c.text, c.finish_reason, c.num_output_tokens) for c in output.choices] == [
         (0, "hi", None, None)
     ]
@@ -125,29 +122,29 @@ def test_parse_response_with_only_text_output() -> None:
 
 
 def test_parse_response_rejects_misaligned_outputs() -> None:
-    with pytest.raises(ModelError):
-        parse_response(
+    with pytest.raises(ContractError):
+        read_response(
             infer_result({"text_output": strings("a", "b"), "index": np.array([0], dtype=np.int32)})
         )
 
 
 def test_parse_response_names_a_malformed_tensor() -> None:
     text_as_float = infer_result({"text_output": np.array([1.0], dtype=np.float32)})
-    with pytest.raises(ModelError, match="text output has datatype FP32"):
-        parse_response(text_as_float)
+    with pytest.raises(ContractError, match="text output has datatype FP32"):
+        read_response(text_as_float)
     count_as_text = infer_result({"text_output": strings("a"), "index": strings("0")})
-    with pytest.raises(ModelError, match="count output has datatype BYTES"):
-        parse_response(count_as_text)
+    with pytest.raises(ContractError, match="count output has datatype BYTES"):
+        read_response(count_as_text)
     truncated = infer_result({"text_output": strings("abc")})
     response = truncated.get_response()
     response.raw_output_contents[0] = response.raw_output_contents[0][:-1]
-    with pytest.raises(ModelError, match="BYTES output is truncated"):
-        parse_response(InferResult(response))
+    with pytest.raises(ContractError, match="BYTES output is truncated"):
+        read_response(InferResult(response))
     short_count = infer_result({"text_output": strings("a"), "index": np.array([0], np.int32)})
     response = short_count.get_response()
     response.raw_output_contents[1] = b"\x00\x00"
-    with pytest.raises(ModelError, match="INT32 output is truncated"):
-        parse_response(InferResult(response))
+    with pytest.raises(ContractError, match="INT32 output is truncated"):
+        read_response(InferResult(response))
 
 
 @pytest.mark.parametrize(
@@ -293,9 +290,11 @@ async def test_closing_at_the_final_response_does_not_cancel() -> None:
     assert client.client.streams[0].half_closed and not client.client.streams[0].cancelled
 
 
-async def test_a_call_triton_does_not_end_is_cancelled_after_the_timeout() -> None:
+async def test_a_call_triton_does_not_end_is_cancelled_after_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(TritonCall, "end_of_call_timeout_s", 0.05)
     client = TritonClient("127.0.0.1:1")
-    client.end_of_call_timeout_s = 0.05
     client.client = FakeGrpcClient([(done("a"), None)], ends_call=False)
     outputs = [o async for o in client.generate("m", GenerateInputs("r", text_input="x"))]
     assert len(outputs) == 1

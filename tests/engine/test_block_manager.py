@@ -15,7 +15,7 @@ BLOCK_SIZE = 4
 def make_seq(seq_id: int, token_ids: list[int]) -> Sequence:
     return Sequence(
         seq_id=seq_id,
-        request_id=f"r{seq_id}",
+        request_id=seq_id,
         index=0,
         token_ids=list(token_ids),
         num_prompt_tokens=len(token_ids),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import GenerationRequest, RequestError
+from contract.errors import ContractError
 from engine.config import ConfigError, EngineConfig
-from engine.sampling_params import SamplingParams, SamplingParamsError
+from engine.sampling_params import SamplingParams
 
 
 def test_parameters_build_frozen_configs(default_weights_dir: Path) -> None:
@@ -53,28 +53,17 @@ def test_sampling_params_reject_unknown_and_bad_fields() -> None:
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"stop": [""]}, "stop"),
     ]:
-        with pytest.raises(SamplingParamsError) as error:
+        with pytest.raises(ContractError) as error:
             SamplingParams.from_json(data)
         assert error.value.field == field
 
 
-def test_contract_inputs_are_validated_with_the_field_named() -> None:
-    def build(**kwargs: object) -> GenerationRequest:
-        inputs = {"text_input": None, "messages": None, "sampling_parameters": None, "flags": {}}
-        return GenerationRequest.from_contract(request_id="r", **{**inputs, **kwargs})
 
-    request = build(text_input="hi", flags={"stream": True, "exclude_input_in_output": True})
-    assert request.stream and not request.include_input and request.prompt == "hi"
-    cases = [
-        ({}, None, "exactly one of"),
-        ({"text_input": "a", "messages": "[]"}, None, "exactly one of"),
-        ({"messages": "{"}, "messages", "not valid JSON"),
-        ({"messages": "[]"}, "messages", "non-empty"),
-        ({"text_input": "a", "sampling_parameters": "[1"}, "sampling_parameters", "not valid JSON"),
-        ({"text_input": "a", "sampling_parameters": '{"top_k": -5}'}, "top_k", "must be"),
-    ]
-    for kwargs, field, message in cases:
-        with pytest.raises(RequestError, match=message) as error:
-            build(**kwargs)
-        assert error.value.field == field
-        assert error.value.triton_message.startswith("invalid request: ")
+
+def test_sampling_params_are_the_contracts_fields_with_its_defaults() -> None:
+    from dataclasses import fields
+
+    from contract.sampling import SAMPLING_FIELDS
+
+    ours = {f.name: SamplingParams().__getattribute__(f.name) for f in fields(SamplingParams)}
+    assert ours == {spec.name: spec.default for spec in SAMPLING_FIELDS}

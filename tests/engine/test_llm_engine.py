@@ -9,9 +9,12 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from engine.api import GenerationOutput, GenerationRequest, RequestError
+from contract.errors import ContractError
+from contract.tensors import decode_request
+from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -69,13 +72,11 @@ def _hf_greedy(weights_dir: Path, prompt_ids: list[int], max_new_tokens: int, eo
     return out
 
 
-def _chat(request_id: str, content: str, **params: object) -> GenerationRequest:
+def _chat(content: str, **params: object) -> GenerationRequest:
     return GenerationRequest(
-        request_id=request_id,
         params=SamplingParams(**params),
         messages=[{"role": "user", "content": content}],
         include_input=False,
-        flags={"return_logprobs": True},
     )
 
 
@@ -99,14 +100,14 @@ def _token_ids(outputs: list[GenerationOutput], index: int = 0) -> list[int]:
         for output in outputs
         for choice in output.choices
         if choice.index == index and choice.logprobs
-        for token_id in choice.logprobs["token_ids"]
+        for token_id in choice.logprobs.token_ids
     ]
 
 
 def test_staggered_greedy_batch_equals_transformers_alone(
     engine: LLMEngine, default_weights_dir: Path
 ) -> None:
-    requests = {key: _chat(f"r{key}", prompt, temperature=0.0, max_tokens=32, logprobs=True)
+    requests = {key: _chat(prompt, temperature=0.0, max_tokens=32, logprobs=True)
                 for key, prompt in enumerate(PROMPTS)}
     arrivals: dict[int, list] = {}
     for key, request in requests.items():
@@ -123,10 +124,10 @@ def test_staggered_greedy_batch_equals_transformers_alone(
 
 def test_prefix_cache_computes_only_new_tokens(engine: LLMEngine) -> None:
     system = "You are a careful assistant. " * 30  # ~200 tokens, many full KV blocks
-    first = GenerationRequest("a", SamplingParams(temperature=0.0, max_tokens=2),
+    first = GenerationRequest(SamplingParams(temperature=0.0, max_tokens=2),
                               messages=[{"role": "system", "content": system},
                                         {"role": "user", "content": "Hello!"}])
-    second = GenerationRequest("b", SamplingParams(temperature=0.0, max_tokens=2),
+    second = GenerationRequest(SamplingParams(temperature=0.0, max_tokens=2),
                                messages=[{"role": "system", "content": system},
                                          {"role": "user", "content": "Goodbye!"}])
     _run(engine, {0: [(1000, first)]})
@@ -145,7 +146,7 @@ def test_prefix_cache_computes_only_new_tokens(engine: LLMEngine) -> None:
 
 
 def test_abort_frees_blocks_within_one_step(engine: LLMEngine) -> None:
-    request = _chat("long", "Write a long essay about rivers.", max_tokens=200, ignore_eos=True)
+    request = _chat("Write a long essay about rivers.", max_tokens=200, ignore_eos=True)
     engine.add_request(2000, engine.prepare(request))
     for _ in range(5):
         engine.step()
@@ -159,10 +160,10 @@ def test_abort_frees_blocks_within_one_step(engine: LLMEngine) -> None:
 
 def test_seeded_sampling_does_not_depend_on_the_batch(engine: LLMEngine) -> None:
     def seeded(key: int) -> GenerationRequest:
-        return _chat(f"s{key}", "Invent a word.", temperature=1.0, seed=1234, max_tokens=12, logprobs=True)
+        return _chat("Invent a word.", temperature=1.0, seed=1234, max_tokens=12, logprobs=True)
 
     alone = _run(engine, {0: [(3000, seeded(3000))]})[3000]
-    crowd = {0: [(3001 + i, _chat(f"c{i}", PROMPTS[i], temperature=1.0, max_tokens=12)) for i in range(4)]}
+    crowd = {0: [(3001 + i, _chat(PROMPTS[i], temperature=1.0, max_tokens=12)) for i in range(4)]}
     crowd[2] = [(3010, seeded(3010))]
     batched = _run(engine, crowd)[3010]
     assert _token_ids(alone) == _token_ids(batched)
@@ -170,7 +171,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(engine: LLMEngine) -> None
 
 def test_n_choices_differ_with_a_seed_and_streamed_text_matches(engine: LLMEngine) -> None:
     request = GenerationRequest(
-        "n", SamplingParams(n=2, seed=7, temperature=1.0, max_tokens=16),
+        SamplingParams(n=2, seed=7, temperature=1.0, max_tokens=16),
         messages=[{"role": "user", "content": "Say something surprising."}], stream=True,
     )
     outputs = _run(engine, {0: [(4000, request)]})[4000]
@@ -184,14 +185,14 @@ def test_n_choices_differ_with_a_seed_and_streamed_text_matches(engine: LLMEngin
 
 def test_token_id_prompts_are_used_as_they_are(engine: LLMEngine) -> None:
     params = SamplingParams(max_tokens=4, temperature=0.0)
-    as_text = engine.prepare(GenerationRequest("text", params, prompt="The capital of France is"))
+    as_text = engine.prepare(GenerationRequest(params, prompt="The capital of France is"))
     ids = list(as_text.prompt_token_ids)
-    as_ids = engine.prepare(GenerationRequest("ids", params, prompt_token_ids=ids))
+    as_ids = engine.prepare(GenerationRequest(params, prompt_token_ids=ids))
     assert as_ids.prompt_token_ids == ids
     assert as_ids.prompt_text == engine.tokenizer.decode(ids, skip_special_tokens=False)
     for bad in ([1, engine.config.model.vocab_size], [-1], []):
-        with pytest.raises(RequestError) as raised:
-            engine.prepare(GenerationRequest("bad", params, prompt_token_ids=bad))
+        with pytest.raises(ContractError) as raised:
+            engine.prepare(GenerationRequest(params, prompt_token_ids=bad))
         assert raised.value.field == "prompt"
-    with pytest.raises(RequestError):  # one prompt input, never two
-        GenerationRequest.from_contract("both", "text", None, None, {}, input_ids=[1])
+    with pytest.raises(ContractError):  # one prompt input, never two
+        decode_request({"text_input": np.array([b"text"]), "input_ids": np.array([1])}.get)

@@ -36,12 +36,12 @@ _seq_ids = count()
 
 
 def make_seq(
-    prompt: list[int], max_tokens: int = 4, request_id: str | None = None, index: int = 0
+    prompt: list[int], max_tokens: int = 4, request_id: int | None = None, index: int = 0
 ) -> Sequence:
     seq_id = next(_seq_ids)
     return Sequence(
         seq_id=seq_id,
-        request_id=request_id or f"r{seq_id}",
+        request_id=seq_id if request_id is None else request_id,
         index=index,
         token_ids=list(prompt),
         num_prompt_tokens=len(prompt),
@@ -190,7 +190,7 @@ def test_prefix_hit_starts_the_first_chunk_after_the_cached_tokens() -> None:
 
 def test_siblings_wait_for_the_first_prompt_then_share_its_blocks() -> None:
     scheduler = make_scheduler()
-    siblings = [make_seq(list(range(10)), request_id="n3", index=i) for i in range(3)]
+    siblings = [make_seq(list(range(10)), request_id=1003, index=i) for i in range(3)]
     for seq in siblings:
         scheduler.add(seq)
     leader = siblings[0]
@@ -209,7 +209,7 @@ def test_siblings_wait_for_the_first_prompt_then_share_its_blocks() -> None:
 
 def test_siblings_without_prefix_caching_are_scheduled_at_once() -> None:
     scheduler = make_scheduler(enable_prefix_caching=False)
-    siblings = [make_seq(list(range(10)), request_id="n2", index=i) for i in range(2)]
+    siblings = [make_seq(list(range(10)), request_id=1002, index=i) for i in range(2)]
     for seq in siblings:
         scheduler.add(seq)
     assert [c.start for c in step(scheduler).chunks] == [0, 0]
@@ -234,17 +234,17 @@ def test_requests_that_can_never_fit_are_rejected_with_the_numbers() -> None:
 def test_abort_anywhere_frees_everything() -> None:
     scheduler = make_scheduler(max_num_batched_tokens=8, max_num_seqs=2)
     running, mid_prefill, waiting = make_seq([1, 2]), make_seq(list(range(30))), make_seq([3])
-    held = [make_seq(list(range(40, 50)), request_id="n2", index=i) for i in range(2)]
+    held = [make_seq(list(range(40, 50)), request_id=1002, index=i) for i in range(2)]
     for seq in (running, mid_prefill, waiting, *held):
         scheduler.add(seq)
     step(scheduler)
     assert running.num_output_tokens == 1 and 0 < mid_prefill.num_computed_tokens < 30
-    assert scheduler.abort("unknown") == []
+    assert scheduler.abort(99999) == []
     for seq in (running, mid_prefill, waiting):
         assert scheduler.abort(seq.request_id) == [seq]
         assert seq.status is SequenceStatus.FINISHED_ABORTED and seq.block_ids == []
-    assert scheduler.abort("n2") == held
-    assert scheduler.abort("n2") == []
+    assert scheduler.abort(1002) == held
+    assert scheduler.abort(1002) == []
     assert not scheduler.has_unfinished() and scheduler.num_used_blocks == 0
     assert step(scheduler).is_empty
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import GenerationOutput, GenerationRequest, RequestError
+from contract.errors import ContractError, ErrorKind
+from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -53,7 +54,6 @@ def service(default_weights_dir: Path) -> EngineService:
 
 def _request(max_tokens: int, stream: bool = True, **params: object) -> GenerationRequest:
     return GenerationRequest(
-        request_id="t",
         params=SamplingParams(temperature=0.0, max_tokens=max_tokens, **params),
         prompt="Once upon a time",
         stream=stream,
@@ -106,14 +106,14 @@ def test_failed_send_aborts_the_request(service: EngineService) -> None:
 
 
 def test_bad_requests_fail_at_submit(service: EngineService) -> None:
-    with pytest.raises(RequestError, match="context length") as error:
+    with pytest.raises(ContractError, match="context length") as error:
         service.submit(_request(600), RecordingSink())
     assert error.value.triton_message.startswith("context length: ")
-    bad_bias = GenerationRequest("b", SamplingParams(logit_bias={10**6: 1.0}), prompt="x")
-    with pytest.raises(RequestError, match="logit_bias"):
+    bad_bias = GenerationRequest(SamplingParams(logit_bias={10**6: 1.0}), prompt="x")
+    with pytest.raises(ContractError, match="logit_bias"):
         service.submit(bad_bias, RecordingSink())
-    bad_messages = GenerationRequest("m", SamplingParams(), messages=[{"role": "tool", "content": "x"}])
-    with pytest.raises(RequestError) as error:
+    bad_messages = GenerationRequest(SamplingParams(), messages=[{"role": "tool", "content": "x"}])
+    with pytest.raises(ContractError) as error:
         service.submit(bad_messages, RecordingSink())
     assert error.value.field is not None and error.value.field.startswith("messages")
 
@@ -130,7 +130,7 @@ def test_shutdown_fails_what_is_still_running(default_weights_dir: Path) -> None
     for sink in sinks:  # nothing is left hanging: every request got a final response
         assert sink.done.is_set()
         assert sink.outputs[-1].finished and sink.outputs[-1].error == "the model is shutting down"
-    with pytest.raises(RequestError, match="shutting down"):
+    with pytest.raises(ContractError, match="shutting down"):
         service.submit(_request(4), RecordingSink())
 
 
@@ -151,9 +151,9 @@ def test_a_failed_engine_fails_later_requests_at_once(
     service.submit(_request(8), first)
     assert first.done.wait(30)
     assert first.outputs[-1].error == "engine failure: simulated kernel failure"
-    with pytest.raises(RequestError, match="engine failure: simulated kernel failure") as error:
+    with pytest.raises(ContractError, match="engine failure: simulated kernel failure") as error:
         service.submit(_request(8), RecordingSink())
-    assert error.value.kind == "unavailable"
+    assert error.value.kind is ErrorKind.UNAVAILABLE
     service.shutdown()
 
 

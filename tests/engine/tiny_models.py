@@ -82,7 +82,7 @@ def engine_config(
 def make_sequence(seq_id: int, prompt: list[int], params: SamplingParams | None = None) -> Sequence:
     return Sequence(
         seq_id=seq_id,
-        request_id=f"request-{seq_id}",
+        request_id=seq_id,
         index=0,
         token_ids=list(prompt),
         num_prompt_tokens=len(prompt),

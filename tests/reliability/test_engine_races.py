@@ -73,7 +73,7 @@ def service(default_weights_dir: Path) -> EngineService:
 
 def request(prompt: str, max_tokens: int) -> GenerationRequest:
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    return GenerationRequest("race", params, prompt=prompt, stream=True)
+    return GenerationRequest(params, prompt=prompt, stream=True)
 
 
 def test_cancellation_races(service: EngineService) -> None:

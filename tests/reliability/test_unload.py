@@ -1,12 +1,7 @@
 """A stack of its own: after a mix of requests (chat and completions, streamed and not,
 concurrent), stopping the stack unloads the model ("successfully unloaded") instead of
-Triton waiting out its exit timeout with the model still live.
-
-The adapter used to cancel each gRPC call right after the request's final response. In
-Triton 2.51 a cancellation handled before the completion of that final write cancels the
-completed request again and waits for a callback that never comes: the call's state and
-its inference request leak, the request holds the model, and the model never unloads
-(docs/reliability.md, item 8). With this mix, a few requests in a hundred did so.
+Triton waiting out its exit timeout with the model still live: no call the adapter
+ended leaked its request in Triton (`adapter/triton_call.py` says how that can happen).
 """
 
 from __future__ import annotations

@@ -1,0 +1,136 @@
+"""The contract's request and response codecs, and the model config rendered from its tables."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from contract.errors import ContractError, ErrorKind, parse_error_message
+from contract.outputs import ChoiceDelta, TokenLogprobs, TopLogprob
+from contract.tensors import (
+    INPUTS,
+    OUTPUTS,
+    Capabilities,
+    ModelRequest,
+    decode_request,
+    decode_response,
+    encode_response,
+    render_model_config,
+)
+
+
+def arrays_of(request: ModelRequest) -> dict[str, np.ndarray]:
+    return {spec.name: array for spec, array in request.to_arrays()}
+
+
+def test_a_request_round_trips_and_absent_inputs_take_the_models_defaults() -> None:
+    sent = ModelRequest(
+        messages=[{"role": "user", "content": "日本"}],
+        stream=True,
+        sampling_parameters={"max_tokens": 3, "stop": "x"},
+        return_logprobs=True,
+        cancellation_key="k1",
+    )
+    arrays = arrays_of(sent)
+    assert set(arrays) == {"messages", "stream", "sampling_parameters", "return_logprobs", "cancellation_key"}
+    assert arrays["stream"].dtype == np.bool_ and arrays["messages"].dtype == np.object_
+    received = decode_request(arrays.get)
+    assert received.messages == sent.messages
+    assert received.sampling_parameters == {"max_tokens": 3, "stop": ("x",)}
+    assert (received.stream, received.exclude_input_in_output, received.cancel) == (True, False, False)
+    assert received.return_finish_reason and received.return_num_output_tokens
+    ids = decode_request(arrays_of(ModelRequest(input_ids=[5, 7, 11])).get)
+    assert ids.input_ids == [5, 7, 11]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field", "message"),
+    [
+        ({}, None, "exactly one of"),
+        ({"text_input": "a", "messages": [{"role": "user"}]}, None, "exactly one of"),
+        ({"messages": []}, "messages", "non-empty"),
+        ({"text_input": "a", "sampling_parameters": {"top_k": -5}}, "top_k", "must be in"),
+        ({"text_input": "a", "sampling_parameters": {"temprature": 1}}, "temprature", "unknown"),
+        ({"cancel": True}, "cancellation_key", "names the request"),
+    ],
+)
+def test_bad_requests_name_the_input(inputs: dict, field: str | None, message: str) -> None:
+    with pytest.raises(ContractError, match=message) as error:
+        decode_request(arrays_of(ModelRequest(**inputs)).get)
+    assert error.value.field == field
+    assert error.value.triton_message.startswith("invalid request: ")
+
+
+def test_json_inputs_that_do_not_parse_are_named() -> None:
+    for name in ("messages", "sampling_parameters"):
+        arrays = {"text_input": np.array([b"x"], dtype=np.object_), name: np.array([b"{"], dtype=np.object_)}
+        if name == "messages":
+            del arrays["text_input"]
+        with pytest.raises(ContractError, match="not valid JSON") as error:
+            decode_request(arrays.get)
+        assert error.value.field == name
+
+
+def _raw(arrays: list[tuple[str, np.ndarray]]) -> dict[str, tuple[str, bytes]]:
+    """Arrays as Triton puts them on the wire (BYTES: a 4-byte length before each element)."""
+    wire = {}
+    for name, array in arrays:
+        if array.dtype == np.object_:
+            wire[name] = ("BYTES", b"".join(struct.pack("<I", len(v)) + v for v in array))
+        else:
+            wire[name] = ({np.int32: "INT32", np.int64: "INT64"}[array.dtype.type], array.tobytes())
+    return wire
+
+
+def test_a_response_round_trips_as_the_request_asks() -> None:
+    logprobs = TokenLogprobs([7], ["é"], [-0.5], [[TopLogprob("é", -0.5), TopLogprob("a", -1.5)]])
+    choices = [
+        ChoiceDelta(1, "é!", 4, "length", logprobs),
+        ChoiceDelta(0, "", 3, None, None),
+    ]
+    request = decode_request(arrays_of(ModelRequest(text_input="x", return_logprobs=True)).get)
+    arrays = encode_response(request, choices, num_input_tokens=9)
+    response = decode_response(_raw(arrays), final=True)
+    assert response.choices == choices and response.num_input_tokens == 9 and response.final
+    terse = decode_request(
+        arrays_of(ModelRequest(text_input="x", return_finish_reason=False, return_num_input_tokens=False)).get
+    )
+    names = {name for name, _ in encode_response(terse, choices, 9)}
+    assert names == {"text_output", "index", "num_output_tokens"}
+
+
+def test_a_malformed_response_is_a_contract_violation() -> None:
+    arrays = [("text_output", np.array([b"a", b"b"], dtype=np.object_)), ("index", np.array([0], dtype=np.int32))]
+    with pytest.raises(ContractError, match="same length"):
+        decode_response(_raw(arrays), final=False)
+    with pytest.raises(ContractError, match="truncated"):
+        decode_response({"text_output": ("BYTES", b"\x05\x00\x00\x00ab")}, final=False)
+    with pytest.raises(ContractError, match="logprobs"):
+        decode_response(_raw([("text_output", np.array([b"a"], dtype=np.object_)), ("logprobs", np.array([b"{}"], dtype=np.object_))]), final=False)
+
+
+def test_the_model_config_holds_every_tensor_of_the_tables() -> None:
+    config = render_model_config("m", {"max_model_len": "64"})
+    for spec in INPUTS:
+        assert f'name: "{spec.name}" data_type: {spec.config_type}' in config
+    for spec in OUTPUTS:
+        assert f'name: "{spec.name}" data_type: {spec.config_type}' in config
+    assert "decoupled: true" in config and 'key: "max_model_len"' in config
+
+
+def test_capabilities_come_from_the_input_names() -> None:
+    assert Capabilities.of({"input_ids"}) is None
+    full = Capabilities.of({spec.name for spec in INPUTS})
+    assert full == Capabilities(chat=True, completions=True, token_ids=True, cancel_in_band=True)
+    assert Capabilities.of({"text_input", "cancel"}) == Capabilities(False, True, False, False)
+
+
+def test_error_messages_round_trip() -> None:
+    error = ContractError("must be in [0, 2], got 5", "temperature")
+    parsed = parse_error_message(f"in model 'x': {error.triton_message}")
+    assert (parsed.kind, parsed.field, parsed.message) == (ErrorKind.INVALID_REQUEST, "temperature", "must be in [0, 2], got 5")
+    too_long = ContractError("prompt of 9000 tokens", kind=ErrorKind.CONTEXT_LENGTH)
+    assert parse_error_message(too_long.triton_message).kind is ErrorKind.CONTEXT_LENGTH
+    assert parse_error_message("Segmentation fault").kind is None
