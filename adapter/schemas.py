@@ -11,13 +11,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from adapter.errors import InvalidRequest, NotSupported
+from contract.errors import ContractError
+from contract.sampling import (
+    FIELDS_BY_NAME,
+    MAX_TOP_LOGPROBS,
+    SAMPLING_FIELDS,
+    Exposure,
+    Kind,
+    SamplingField,
+)
 
-MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
-MAX_STOP_STRINGS = 16
 
 
 class StrictModel(BaseModel):
@@ -31,57 +38,14 @@ class StreamOptions(StrictModel):
     include_obfuscation: bool | None = None
 
 
-class SamplingRequest(StrictModel):
-    """Fields shared by chat and completions requests."""
+class _RequestBase(StrictModel):
+    """Fields shared by chat and completions requests that are not sampling fields."""
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    # token id (as a string, JSON keys are strings) -> bias added to its logit
-    logit_bias: dict[str, float] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # accepted, only logged
-    # Extensions (vLLM spelling), not in OpenAI's API.
-    top_k: int | None = Field(default=None, ge=-1)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    min_tokens: int | None = Field(default=None, ge=0)
-    ignore_eos: bool | None = None
-    stop_token_ids: list[int] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        values = [stop] if isinstance(stop, str) else stop or []
-        if len(values) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
-        if any(not value for value in values):
-            raise ValueError("stop strings must not be empty")
-        return stop
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        for token, value in (bias or {}).items():
-            if not token.isdigit():
-                raise ValueError(f"keys must be token ids (non-negative integers), got {token!r}")
-            if not -100.0 <= value <= 100.0:
-                raise ValueError(f"bias for token {token} must be in [-100, 100], got {value}")
-        return bias
-
-    @field_validator("stop_token_ids")
-    @classmethod
-    def _check_stop_token_ids(cls, token_ids: list[int] | None) -> list[int] | None:
-        if any(token_id < 0 for token_id in token_ids or []):
-            raise ValueError("token ids must be >= 0")
-        return token_ids
 
     @property
     def include_usage(self) -> bool:
@@ -92,6 +56,54 @@ class SamplingRequest(StrictModel):
             raise InvalidRequest(
                 "stream_options is only allowed when stream is true", param="stream_options"
             )
+
+
+_ANNOTATIONS: dict[Kind, Any] = {
+    Kind.INT: int | None,
+    Kind.FLOAT: float | None,
+    Kind.BOOL: bool | None,
+    Kind.STRINGS: str | list[str] | None,
+    Kind.TOKEN_IDS: list[int] | None,
+    # JSON object keys are strings: the token id, as text
+    Kind.BIAS: dict[str, float] | None,
+}
+
+
+def _request_field(spec: SamplingField) -> tuple[Any, Any]:
+    """A request field for a contract sampling field: its type, range and description."""
+    bounds: dict[str, float] = {}
+    if spec.minimum is not None:
+        bounds["gt" if spec.minimum_exclusive else "ge"] = spec.minimum
+    if spec.maximum is not None:
+        bounds["le"] = spec.maximum
+    return _ANNOTATIONS[spec.kind], Field(default=None, description=spec.doc, **bounds)
+
+
+def _check_with_the_contract(value: Any, info: ValidationInfo) -> Any:
+    """The contract's own rules for the field (stop strings, token ids, bias keys)."""
+    if value is not None:
+        try:
+            FIELDS_BY_NAME[info.field_name].check(value)
+        except ContractError as error:
+            raise ValueError(error.reason) from None
+    return value
+
+
+SAME_FIELDS = tuple(spec for spec in SAMPLING_FIELDS if spec.exposure is Exposure.SAME)
+
+# The contract's sampling fields that the API offers under their own name (docs/api.md,
+# "Sampling fields"), written from the contract's table: a field added there is a request
+# field here, with the same range.
+SamplingRequest = create_model(
+    "SamplingRequest",
+    __base__=_RequestBase,
+    __validators__={
+        "check_with_the_contract": field_validator(*(spec.name for spec in SAME_FIELDS))(
+            _check_with_the_contract
+        )
+    },
+    **{spec.name: _request_field(spec) for spec in SAME_FIELDS},
+)
 
 
 class ContentPart(StrictModel):

@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from adapter.schemas import (
+    SAME_FIELDS,
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
@@ -31,7 +32,9 @@ def documented(text: str) -> set[str]:
 
 
 def fields_of(model: type[BaseModel], prefix: str = "") -> set[str]:
-    return {prefix + name for name in model.model_fields}
+    """The model's fields but the contract's sampling fields, which "Sampling fields" lists."""
+    sampling = {spec.name for spec in SAME_FIELDS}
+    return {prefix + name for name in model.model_fields if name not in sampling}
 
 
 @pytest.mark.parametrize(
@@ -50,3 +53,11 @@ def fields_of(model: type[BaseModel], prefix: str = "") -> set[str]:
 def test_every_request_field_is_documented(title: str, expected: set[str]) -> None:
     missing = expected - documented(section(title))
     assert not missing, f"docs/api.md section '{title}' does not mention: {sorted(missing)}"
+
+
+def test_every_sampling_field_of_the_requests_is_in_the_contracts_table() -> None:
+    table = API_DOC.read_text().split("### Sampling fields", 1)[1].split("\n### ", 1)[0]
+    for spec in SAME_FIELDS:
+        assert f"| `{spec.name}` |" in table and "same name" in table
+        assert spec.name in ChatCompletionRequest.model_fields
+        assert spec.name in CompletionRequest.model_fields

@@ -100,13 +100,12 @@ def test_default_gguf_is_dequantized_to_bf16(default_weights_dir: Path) -> None:
     assert (default_weights_dir / "chat_template.jinja").is_file()
 
 
-def test_every_input_of_the_packaged_model_is_in_the_documented_contract(
+def test_the_packaged_model_has_the_contracts_tensors_and_its_context_length(
     hf_dir: Path, tmp_path: Path
 ) -> None:
+    from contract.tensors import INPUTS, OUTPUTS
+
     config = (package_model(str(hf_dir), "tiny", tmp_path / "repo") / "config.pbtxt").read_text()
-    section = config.split("input [", 1)[1].split("]\noutput", 1)[0]
-    names = [line.split('"')[1] for line in section.splitlines() if "name:" in line]
-    assert {"text_input", "messages", "cancel", "cancellation_key"} <= set(names)
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
-    inputs_table = doc.split("### Inputs", 1)[1].split("### Outputs", 1)[0]
-    assert [name for name in names if f"`{name}`" not in inputs_table] == []
+    names = {line.split('"')[1] for line in config.splitlines() if line.startswith("  { name:")}
+    assert names == {spec.name for spec in INPUTS + OUTPUTS}
+    assert 'key: "max_model_len"' in config
