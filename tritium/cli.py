@@ -1,4 +1,4 @@
-"""The `tritium` command line: `serve`, `package` and `bench`.
+"""The `tritium` command line: `serve`, `package`, `bench`, and `chat` / `generate`.
 
 Subcommands import their heavy dependencies lazily, so `tritium serve --help` and
 `tritium serve` itself never import torch.
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import adapter.cli
+from tritium import chat as chat_client
 
 DEFAULT_MODEL_REPOSITORY = "model_repository"
 
@@ -199,6 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_package_arguments(package)
     package.set_defaults(handler=run_package)
     add_bench_parser(subcommands)
+
+    chat = subcommands.add_parser(
+        "chat",
+        help="chat with a running server in the terminal",
+        description="Chat with a model of a running server: answers stream as they arrive; "
+        "Ctrl-C stops an answer (the server cancels it), /reset forgets the conversation, "
+        "/exit or Ctrl-D leaves.",
+    )
+    chat_client.add_chat_arguments(chat)
+    chat.set_defaults(handler=chat_client.run_chat)
+
+    generate = subcommands.add_parser(
+        "generate",
+        help="complete prompts with a running server (/v1/completions)",
+        description="Complete PROMPT and exit, or prompt after prompt without one; Ctrl-C "
+        "stops a completion.",
+    )
+    chat_client.add_generate_arguments(generate)
+    generate.set_defaults(handler=chat_client.run_generate)
     return parser
 
 

@@ -53,12 +53,17 @@ def test_an_answer_streams_into_the_page_token_by_token(stack: Stack, page: Any)
     assert 0 < completion_tokens <= 24, stats
 
 
-def test_stop_ends_the_answer_and_the_engine_goes_idle(stack: Stack, page: Any) -> None:
+@pytest.fixture
+def kv_baseline(stack: Stack) -> float:
+    """KV blocks in use with no request running (as in tests/reliability/test_disconnects.py)."""
     assert load.completes_normally(stack)
-    kv_baseline_deadline = time.monotonic() + 10
-    while load.engine_busy(stack) and time.monotonic() < kv_baseline_deadline:
-        time.sleep(0.05)
-    kv_baseline = stack.metric("tritium_kv_blocks_used")
+    assert load.wait_engine_idle(stack, float("inf"), 10) is not None
+    return stack.metric("tritium_kv_blocks_used")
+
+
+def test_stop_ends_the_answer_and_the_engine_goes_idle(
+    stack: Stack, page: Any, kv_baseline: float
+) -> None:
     open_playground(page, stack.base_url)
     set_parameters(page, temperature=0, max_tokens=1500)
     watch_answer(page)
