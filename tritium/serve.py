@@ -15,6 +15,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -161,6 +162,16 @@ def served_model_names(http_url: str, model_repository: Path) -> list[str]:
         return tritonserver.list_model_names(model_repository)
 
 
+def tritium_command() -> str:
+    """How a shell runs `tritium`: its name when on PATH, else its script beside this Python
+    (e.g. .venv/bin/tritium after `make serve`)."""
+    beside = Path(sys.executable).with_name("tritium")
+    if shutil.which("tritium") or not beside.exists():
+        return "tritium"
+    relative = os.path.relpath(beside)
+    return relative if not relative.startswith("..") else str(beside)
+
+
 def usage_banner(options: ServeOptions, model_names: list[str]) -> str:
     base_url = f"http://{tritonserver.connect_host(options.host)}:{options.port}"
     model = model_names[0] if model_names else "MODEL"
@@ -171,6 +182,8 @@ def usage_banner(options: ServeOptions, model_names: list[str]) -> str:
         f"Tritium is serving {', '.join(model_names) or 'no models'} at {base_url}/v1\n"
         f"Try:\n  curl {base_url}/v1/chat/completions -H 'Content-Type: application/json'"
         f"{authorization} -d '{body}'\n"
+        f"Playground (chat in the browser): {base_url}/\n"
+        f"Terminal chat: {tritium_command()} chat --url {base_url}\n"
         "Press Ctrl-C to stop."
     )
 

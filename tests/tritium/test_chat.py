@@ -226,3 +226,16 @@ def test_repl_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert repl(PROMPT, asked.append, lambda: resets.append(True), read=lambda _: next(lines)) == 0
     assert asked == ["hello"] and resets == [True]
     assert "/reset" in capsys.readouterr().out
+
+
+def test_the_serve_banner_points_to_the_playground_and_the_terminal_chat() -> None:
+    from tritium.serve import usage_banner
+    from tritium.serve_options import ServeOptions
+
+    options = ServeOptions.from_args(build_parser().parse_args(["serve", "--port", "9000"]))
+    lines = usage_banner(options, ["smollm2"]).splitlines()
+    assert "Playground (chat in the browser): http://127.0.0.1:9000/" in lines
+    assert any(
+        line.startswith("Terminal chat: ") and line.endswith(" chat --url http://127.0.0.1:9000")
+        for line in lines
+    ), lines
