@@ -99,6 +99,7 @@ SAMPLING_FIELDS: tuple[SamplingField, ...] = (
     SamplingField("logprobs", Kind.BOOL, False, "return each chosen token's logprob (of the raw model logits)", exposure=Exposure.MAPPED),
     SamplingField("top_logprobs", Kind.INT, 0, "and this many most likely alternatives; needs logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS, exposure=Exposure.MAPPED),
     SamplingField("skip_special_tokens", Kind.BOOL, True, "leave special tokens out of the text", exposure=Exposure.NONE),
+    SamplingField("truncate_prompt_tokens", Kind.INT, None, "keep only the prompt's last k tokens (after the chat template); -1 = the model's context length", minimum=-1),
 )  # fmt: skip
 
 FIELDS_BY_NAME = {f.name: f for f in SAMPLING_FIELDS}

@@ -80,6 +80,12 @@ class LLMEngine:
         if not prompt_token_ids:
             field = "prompt" if request.prompt_token_ids is not None else "text_input"
             raise ContractError("the prompt is empty", field)
+        keep = request.params.truncate_prompt_tokens
+        if keep is not None:
+            keep = self.config.scheduler.max_model_len if keep == -1 else keep
+            if len(prompt_token_ids) > keep:  # left truncation, as vLLM does
+                prompt_token_ids = prompt_token_ids[-keep:]
+                prompt_text = self.tokenizer.decode(prompt_token_ids, skip_special_tokens=False)
         # Without max_tokens a sequence may grow to the context or the whole cache, not beyond.
         cache = self.config.cache
         room = min(self.config.scheduler.max_model_len, cache.num_blocks * cache.block_size)

@@ -49,6 +49,8 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     skip_special_tokens: bool = True
+    # Keep only the prompt's last k tokens; -1 = the context length; None = all of them.
+    truncate_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name, spec in FIELDS_BY_NAME.items():
@@ -61,6 +63,8 @@ class SamplingParams:
             )
         if self.top_logprobs and not self.logprobs:
             raise ContractError("needs logprobs=true", "top_logprobs")
+        if self.truncate_prompt_tokens == 0:
+            raise ContractError("must be -1 or >= 1 (0 would keep no prompt)", "truncate_prompt_tokens")
 
     @property
     def greedy(self) -> bool:

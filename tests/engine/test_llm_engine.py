@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.errors import ContractError
+from contract.errors import ContractError, ErrorKind
 from contract.tensors import decode_request
 from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
@@ -196,3 +196,31 @@ def test_token_id_prompts_are_used_as_they_are(engine: LLMEngine) -> None:
         assert raised.value.field == "prompt"
     with pytest.raises(ContractError):  # one prompt input, never two
         decode_request({"text_input": np.array([b"text"]), "input_ids": np.array([1])}.get)
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_last_tokens(engine: LLMEngine) -> None:
+    text = " ".join(PROMPTS)
+    whole = engine.prepare(GenerationRequest(SamplingParams(max_tokens=4), prompt=text))
+    kept = engine.prepare(
+        GenerationRequest(SamplingParams(max_tokens=4, truncate_prompt_tokens=5), prompt=text)
+    )
+    assert kept.prompt_token_ids == whole.prompt_token_ids[-5:]
+    assert kept.prompt_text == engine.tokenizer.decode(kept.prompt_token_ids, skip_special_tokens=False)
+    short = engine.prepare(
+        GenerationRequest(SamplingParams(max_tokens=4, truncate_prompt_tokens=10_000), prompt=text)
+    )
+    assert short.prompt_token_ids == whole.prompt_token_ids  # shorter than k: untouched
+    max_model_len = engine.config.scheduler.max_model_len
+    too_long = "word " * (max_model_len + 50)
+    with pytest.raises(ContractError) as error:  # without truncation: over the context
+        engine.prepare(GenerationRequest(SamplingParams(max_tokens=1), prompt=too_long))
+    assert error.value.kind is ErrorKind.CONTEXT_LENGTH
+    to_context = SamplingParams(max_tokens=1, truncate_prompt_tokens=-1)
+    with pytest.raises(ContractError) as error:  # -1: the context length, no room left to generate
+        engine.prepare(GenerationRequest(to_context, prompt=too_long))
+    assert error.value.kind is ErrorKind.CONTEXT_LENGTH
+    fits = SamplingParams(max_tokens=1, truncate_prompt_tokens=max_model_len - 1)
+    assert len(engine.prepare(GenerationRequest(fits, prompt=too_long)).prompt_token_ids) == max_model_len - 1
+    with pytest.raises(ContractError) as error:
+        SamplingParams(truncate_prompt_tokens=0)
+    assert error.value.field == "truncate_prompt_tokens"
