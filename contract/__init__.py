@@ -11,7 +11,9 @@ package. It imports nothing but the standard library and numpy, so each of them 
   defaults and limits, and their validation;
 - `contract.outputs`: what a response says about each choice (`ChoiceDelta`), and the
   finish reasons;
-- `contract.errors`: the error kinds a model reports and how their messages are spelled.
+- `contract.errors`: the error kinds a model reports and how their messages are spelled;
+- `contract.python_backend`: the base of a Python-backend model of the contract (request
+  decoding, error responses, in-band cancel requests), for the shim and the null model.
 
 `python -m contract.docs` writes the contract section of docs/api.md from these tables
 (a test checks the doc is current).

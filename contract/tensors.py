@@ -14,7 +14,8 @@ flag-only final response.
 Who uses what here:
 - `render_model_config`: `tritium package` and the null model's repository;
 - `ModelRequest.to_arrays` / `decode_response`: the adapter and the benchmark client;
-- `decode_backend_request` / `encode_response`: the model shim and the null model.
+- `decode_request` / `encode_response`: `contract.python_backend`, the base of the model
+  shim and the null model.
 """
 
 from __future__ import annotations
@@ -192,17 +193,6 @@ def decode_request(read: Callable[[str], np.ndarray | None]) -> ModelRequest:
     elif sum(values[name] is not None for name in PROMPT_INPUTS) != 1:
         raise ContractError(f"exactly one of the inputs {', '.join(PROMPT_INPUTS)} is required")
     return request
-
-
-def decode_backend_request(request: Any, pb_utils: Any) -> ModelRequest:
-    """`decode_request` of a Python-backend request (`pb_utils`: the backend's
-    triton_python_backend_utils module, which only exists inside Triton)."""
-
-    def read(name: str) -> np.ndarray | None:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return None if tensor is None else tensor.as_numpy()
-
-    return decode_request(read)
 
 
 def _text(value: Any, name: str) -> str:

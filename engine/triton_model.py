@@ -1,79 +1,39 @@
 """Triton Python-backend model: the thin shim between Triton and the engine.
 
 `tritium package` copies this file to `<model_repository>/<name>/1/model.py`.
-Decode a request (`contract.tensors`) -> `EngineService.submit`; the engine thread
-sends the responses through `TritonSink`. The tensor contract is the `contract` package.
+`contract.python_backend.ContractModel` decodes each request; `submit` hands it to
+`EngineService.submit`, and the engine thread sends the responses through `TritonSink`.
 """
 
 from __future__ import annotations
 
-import json
-import weakref
 from pathlib import Path
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from contract.errors import ContractError, ErrorKind
-from contract.tensors import ModelRequest, decode_backend_request, encode_response
+from contract.python_backend import ContractModel, ResponseSender
+from contract.tensors import ModelRequest
 from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
 from engine.metrics import EngineMetrics
 from engine.serving import EngineService
 
 
-class TritonPythonModel:
-    @staticmethod
-    def auto_complete_config(auto_complete_model_config):  # noqa: ANN001, ANN205 - Triton API
-        # Continuous batching streams many responses per request: decoupled is not optional.
-        auto_complete_model_config.set_model_transaction_policy({"decoupled": True})
-        return auto_complete_model_config
-
+class TritonPythonModel(ContractModel):
     def initialize(self, args: dict[str, str]) -> None:
-        model_config = json.loads(args["model_config"])
-        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
-            raise pb_utils.TritonModelException("this model must be decoupled")
-        parameters = {
-            key: value["string_value"] for key, value in model_config.get("parameters", {}).items()
-        }
+        parameters = self.initialize_contract(args)
         weights_dir = Path(args["model_repository"]) / "weights"
         config = EngineConfig.from_parameters(weights_dir, parameters)
         self.metrics = EngineMetrics(_TritonMetricSink(args["model_name"]))
         self.service = EngineService(config, metrics=self.metrics)
-        # In-flight requests by their `cancellation_key`: an entry goes with its sink,
-        # which the engine drops when the request ends.
-        self.cancellable: weakref.WeakValueDictionary[str, TritonSink] = (
-            weakref.WeakValueDictionary()
-        )
         self.service.start()
 
-    def execute(self, requests: list[Any]) -> None:
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                inputs = decode_backend_request(request, pb_utils)
-                if inputs.cancel:
-                    self._cancel(inputs.cancellation_key)
-                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                    continue
-                sink = TritonSink(sender, inputs)
-                self.service.submit(GenerationRequest.from_contract(inputs), sink)
-                if inputs.cancellation_key:
-                    self.cancellable[inputs.cancellation_key] = sink
-            except ContractError as error:
-                sender.send(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(error.triton_message)),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-                )
-        return None
-
-    def _cancel(self, key: str) -> None:
-        """A cancel request: stop the request sent with `cancellation_key` (in-band
-        cancellation; `adapter.triton_call` says why the adapter cancels this way). A key
-        that is not in flight is nothing to do: its request has ended."""
-        sink = self.cancellable.pop(key, None)
-        if sink is not None:
-            sink.cancel()  # the engine thread aborts it at its next step and ends it
+    def submit(self, request: ModelRequest, sender: ResponseSender) -> TritonSink:
+        """Validate and queue for the engine thread; raises ContractError."""
+        sink = TritonSink(sender)
+        self.service.submit(GenerationRequest.from_contract(request), sink)
+        return sink
 
     def finalize(self) -> None:
         self.service.shutdown()
@@ -82,9 +42,8 @@ class TritonPythonModel:
 class TritonSink:
     """Sends engine outputs of one request as Triton responses (called on the engine thread)."""
 
-    def __init__(self, sender: Any, request: ModelRequest) -> None:
+    def __init__(self, sender: ResponseSender) -> None:
         self.sender = sender
-        self.request = request  # which outputs to send (its `return_*` inputs)
         self.cancelled = False  # set by a cancel request (any thread); read by the engine
 
     def cancel(self) -> None:
@@ -95,19 +54,13 @@ class TritonSink:
         return self.cancelled or self.sender.is_cancelled()
 
     def close(self) -> None:
-        # An empty final response: Triton frees the request (nothing reaches the client).
-        self.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self.sender.close()
 
     def send(self, output: GenerationOutput) -> None:
-        flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
         if output.error is not None:
-            message = ContractError(output.error, kind=ErrorKind.UNAVAILABLE).triton_message
-            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+            self.sender.send_unavailable(output.error)  # always the request's last output
         else:
-            arrays = encode_response(self.request, output.choices, output.num_input_tokens)
-            tensors = [pb_utils.Tensor(name, array) for name, array in arrays]
-            response = pb_utils.InferenceResponse(output_tensors=tensors)
-        self.sender.send(response, flags=flags)
+            self.sender.send(output.choices, output.num_input_tokens, final=output.finished)
 
 
 class _TritonMetricSink:

@@ -14,27 +14,22 @@ is cumulative, finish_reason is "length" on the last response.
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
-import weakref
 from dataclasses import dataclass
-from typing import Any
-
-import triton_python_backend_utils as pb_utils
 
 from contract.errors import ContractError
 from contract.outputs import ChoiceDelta, FinishReason
-from contract.tensors import ModelRequest, decode_backend_request, encode_response
+from contract.python_backend import ContractModel, ResponseSender
+from contract.tensors import ModelRequest
 
 TOKEN_TEXT = " null"  # every generated token; one word, so it round-trips as one token
 DEFAULT_MAX_TOKENS = 16
 
 
-@dataclass
+@dataclass(eq=False)
 class LiveRequest:
-    sender: Any
-    request: ModelRequest
+    sender: ResponseSender
     stream: bool
     prompt_text: str  # prepended to the first output unless exclude_input_in_output
     num_input_tokens: int
@@ -42,46 +37,24 @@ class LiveRequest:
     num_sent: int = 0
     cancelled: bool = False  # by an in-band cancel request (any thread)
 
+    def cancel(self) -> None:
+        self.cancelled = True
 
-class TritonPythonModel:
-    @staticmethod
-    def auto_complete_config(auto_complete_model_config):  # noqa: ANN001, ANN205 - Triton API
-        auto_complete_model_config.set_model_transaction_policy({"decoupled": True})
-        return auto_complete_model_config
 
+class TritonPythonModel(ContractModel):
     def initialize(self, args: dict[str, str]) -> None:
-        model_config = json.loads(args["model_config"])
-        parameters = model_config.get("parameters", {})
-        value = parameters.get("tokens_per_response", {}).get("string_value", "1")
+        value = self.initialize_contract(args).get("tokens_per_response", "1")
         self.tokens_per_response = int(value)
         if self.tokens_per_response < 1:
-            raise pb_utils.TritonModelException(f"tokens_per_response must be >= 1, got {value}")
+            raise ValueError(f"tokens_per_response must be >= 1, got {value}")
         self.inbox: queue.SimpleQueue[LiveRequest | None] = queue.SimpleQueue()
-        # Live requests by cancellation_key (the in-band cancellation of docs/api.md).
-        self.cancellable: weakref.WeakValueDictionary[str, LiveRequest] = (
-            weakref.WeakValueDictionary()
-        )
         self.thread = threading.Thread(target=self._run, name="null-engine", daemon=True)
         self.thread.start()
 
-    def execute(self, requests: list[Any]) -> None:
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                inputs = decode_backend_request(request, pb_utils)
-                if inputs.cancel:
-                    target = self.cancellable.pop(inputs.cancellation_key or "", None)
-                    if target is not None:
-                        target.cancelled = True
-                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                    continue
-                live = _live_request(inputs, sender)
-                if inputs.cancellation_key:
-                    self.cancellable[inputs.cancellation_key] = live
-                self.inbox.put(live)
-            except ContractError as error:
-                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error.triton_message))
-                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    def submit(self, request: ModelRequest, sender: ResponseSender) -> LiveRequest:
+        live = _live_request(request, sender)
+        self.inbox.put(live)
+        return live
 
     def finalize(self) -> None:
         self.inbox.put(None)
@@ -111,7 +84,7 @@ class TritonPythonModel:
         if request.cancelled or request.sender.is_cancelled():
             # No more responses, but the final flag: Triton keeps a request until it comes.
             with contextlib.suppress(Exception):
-                request.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                request.sender.close()
             return False
         step = request.max_tokens if not request.stream else self.tokens_per_response
         count = min(step, request.max_tokens - request.num_sent)
@@ -122,17 +95,14 @@ class TritonPythonModel:
         finished = request.num_sent >= request.max_tokens
         reason = FinishReason.LENGTH.value if finished else None
         choice = ChoiceDelta(0, text, request.num_sent, reason)
-        arrays = encode_response(request.request, [choice], request.num_input_tokens)
-        tensors = [pb_utils.Tensor(name, array) for name, array in arrays]
-        flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if finished else 0
         try:
-            request.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
+            request.sender.send([choice], request.num_input_tokens, final=finished)
         except Exception:  # the stream is gone: stop sending to it
             return False
         return not finished
 
 
-def _live_request(inputs: ModelRequest, sender: Any) -> LiveRequest:
+def _live_request(inputs: ModelRequest, sender: ResponseSender) -> LiveRequest:
     if inputs.messages is not None:
         prompt = "\n".join(str(m.get("content") or "") for m in inputs.messages if isinstance(m, dict))
         num_input_tokens = len(prompt.split())
@@ -146,7 +116,6 @@ def _live_request(inputs: ModelRequest, sender: Any) -> LiveRequest:
         raise ContractError("the null model streams one choice; n must be 1", "n")
     return LiveRequest(
         sender=sender,
-        request=inputs,
         stream=bool(inputs.stream),
         prompt_text="" if inputs.exclude_input_in_output else prompt,
         num_input_tokens=num_input_tokens,
