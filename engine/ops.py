@@ -1,4 +1,4 @@
-"""The seam between the model and the compute backend.
+"""The seam between the model and the compute backend: the `Ops` protocol.
 
 `engine.models.llama` calls only `rms_norm`, `rope_and_write_kv` (RoPE, then the
 rotated key and the value into the paged cache) and `attention` for everything that
@@ -21,11 +21,67 @@ contracts:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
 from engine.attention import AttentionMetadata
+
+
+@runtime_checkable
+class Ops(Protocol):
+    """What the model asks of a backend; `TorchOps` below documents each method."""
+
+    def rms_norm(
+        self,
+        x: torch.Tensor,  # [num_tokens, hidden_size]
+        weight: torch.Tensor,  # [hidden_size]
+        eps: float,
+        residual: torch.Tensor | None,  # [num_tokens, hidden_size] or None
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (out, residual_out)
+        ...
+
+    def apply_rope(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        positions: torch.Tensor,  # [num_tokens] int64
+        cos_sin_cache: torch.Tensor,  # [max_positions, head_dim]
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # rotated (query, key)
+        ...
+
+    def write_kv(
+        self,
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        slot_mapping: torch.Tensor,  # [num_tokens] int64
+    ) -> None: ...
+
+    def rope_and_write_kv(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        positions: torch.Tensor,  # [num_tokens] int64
+        cos_sin_cache: torch.Tensor,  # [max_positions, head_dim]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        slot_mapping: torch.Tensor,  # [num_tokens] int64
+    ) -> torch.Tensor:  # rotated query [num_tokens, num_heads, head_dim]
+        ...
+
+    def attention(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        ...
 
 
 class TorchOps:

@@ -5,14 +5,13 @@ uses `hf_weight_map` to place each Hugging Face tensor. q/k/v are fused into one
 projection and gate/up into another at load time: fewer, larger GEMMs, which is
 what CPUs (and small batches on GPUs) run fastest.
 
-Everything but the matmuls goes through `ops` (`engine.ops.TorchOps` or the Triton
-`KernelOps`), so one model serves both backends.
+Everything but the matmuls goes through `ops`, an `engine.ops.Ops` (`TorchOps` or the
+Triton `KernelOps`), so one model serves both backends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
+from engine.ops import Ops
 from engine.rope import build_cos_sin_cache
 
 # Per layer: (key_cache, value_cache), each [num_blocks, block_size, num_kv_heads, head_dim].
@@ -70,7 +70,7 @@ class LlamaDecoderLayer(nn.Module):
         metadata: AttentionMetadata,
         kv_cache: KVCache,
         cos_sin_cache: torch.Tensor,  # [max_positions, head_dim]
-        ops: Any,
+        ops: Ops,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         num_tokens = hidden.shape[0]
         normed, residual = ops.rms_norm(hidden, self.input_norm_weight, self.eps, residual)
@@ -131,7 +131,7 @@ class LlamaForCausalLM(nn.Module):
         input_ids: torch.Tensor,  # [num_tokens] int64
         metadata: AttentionMetadata,
         kv_caches: list[KVCache],  # one per layer
-        ops: Any,
+        ops: Ops,
     ) -> torch.Tensor:  # [num_tokens, hidden_size], final-normed
         hidden = F.embedding(input_ids, self.embed_weight)
         residual: torch.Tensor | None = None

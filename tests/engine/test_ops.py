@@ -1,14 +1,17 @@
-"""TorchOps against direct dense references on ragged, paged batches."""
+"""TorchOps against direct dense references on ragged, paged batches; both backends
+against the `Ops` protocol."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 
 import pytest
 import torch
 
 from engine.attention import build_attention_metadata
-from engine.ops import TorchOps
+from engine.ops import Ops, TorchOps
 
 BLOCK_SIZE = 4
 
@@ -140,3 +143,30 @@ def test_apply_rope_matches_rotate_half() -> None:
 
     torch.testing.assert_close(rotated_query, query * cos + rotate_half(query) * sin)
     torch.testing.assert_close(rotated_key, key * cos + rotate_half(key) * sin)
+
+
+def assert_implements(cls: type, protocol: type) -> None:
+    """`cls` has every method of `protocol` with the same parameters (names, kinds,
+    defaults) and the same annotations, compared as written (postponed, so strings)."""
+    assert issubclass(cls, protocol)  # runtime_checkable: the methods exist
+    methods = [
+        name
+        for name, member in vars(protocol).items()
+        if inspect.isfunction(member) and not name.startswith("_")
+    ]
+    assert methods
+    for name in methods:
+        expected = inspect.signature(getattr(protocol, name))
+        actual = inspect.signature(getattr(cls, name))
+        assert [
+            (p.name, p.kind, p.default, p.annotation) for p in actual.parameters.values()
+        ] == [
+            (p.name, p.kind, p.default, p.annotation) for p in expected.parameters.values()
+        ], f"{cls.__name__}.{name}{actual} != {expected}"
+        assert actual.return_annotation == expected.return_annotation, f"{cls.__name__}.{name}"
+
+
+@pytest.mark.parametrize("backend", ["engine.ops.TorchOps", "engine.kernel_ops.KernelOps"])
+def test_backends_implement_the_ops_protocol(backend: str) -> None:
+    module_name, class_name = backend.rsplit(".", 1)
+    assert_implements(getattr(importlib.import_module(module_name), class_name), Ops)
