@@ -9,17 +9,18 @@ sampled token back, the others `None`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from engine.attention import build_attention_metadata
 from engine.config import ConfigError, EngineConfig
 from engine.models.llama import KVCache, LlamaForCausalLM
-from engine.ops import TorchOps
+from engine.ops import Ops, TorchOps
 from engine.request import Sequence
-from engine.sampler import Sampler, SampleResult
+from engine.sampler import Sampler, SampleResult, SamplingBackend, TorchSampling
 from engine.weights import load_weights
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,7 +44,7 @@ class ModelRunner:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        self.ops = make_ops(config.use_kernels, self.device)
+        self.ops, sampling = make_backends(config.use_kernels, self.device)
         if config.num_threads > 0 and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         model_config = config.model
@@ -76,9 +77,9 @@ class ModelRunner:
             device=self.device,
         )
         self.kv_caches: list[KVCache] = [(layer[0], layer[1]) for layer in self.kv_cache]
-        # The kernel backend also samples through its fused kernels; TorchOps samples in torch.
-        fused = None if isinstance(self.ops, TorchOps) else self.ops
-        self.sampler = Sampler(model_config.vocab_size, model_config.eos_token_ids, fused=fused)
+        self.sampler = Sampler(
+            model_config.vocab_size, model_config.eos_token_ids, backend=sampling
+        )
 
     def _count_blocks(self) -> int:
         cache = self.config.cache
@@ -146,10 +147,13 @@ def cpu_has_native_bfloat16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
-def make_ops(use_kernels: str, device: torch.device) -> Any:
-    """TorchOps, or the Triton KernelOps when asked ("on") or on CUDA ("auto")."""
+def make_backends(
+    use_kernels: str, device: torch.device
+) -> tuple[Ops, Callable[[int | None], SamplingBackend]]:
+    """The forward's ops and the sampler's backend class: TorchOps and TorchSampling, or
+    the Triton KernelOps and KernelSampling when asked ("on") or on CUDA ("auto")."""
     if use_kernels == "off" or (use_kernels == "auto" and device.type != "cuda"):
-        return TorchOps()
+        return TorchOps(), TorchSampling
     try:
         module = importlib.import_module("engine.kernel_ops")
     except ModuleNotFoundError as error:
@@ -159,4 +163,4 @@ def make_ops(use_kernels: str, device: torch.device) -> Any:
             f"use_kernels={use_kernels} on {device.type} needs engine.kernel_ops, which is not "
             "available in this build; set use_kernels=off to run the torch backend"
         ) from None
-    return module.KernelOps()
+    return module.KernelOps(), module.KernelSampling

@@ -6,9 +6,25 @@ Order of operations (each only on the rows that ask for it):
   2. logit_bias (ids >= vocab_size are ignored);
   3. min_tokens: EOS (unless ignore_eos) and stop_token_ids masked to -inf while the
      sequence has fewer than min_tokens output tokens;
-  4. greedy rows (temperature 0) take the argmax here;
-  5. the others: temperature, then top_k, top_p, min_p (each on the distribution
-     the previous one left), then sample.
+  4. the allowed-token mask, when one is given (the hook for structured output);
+  5. greedy rows (temperature 0) take the argmax, the lowest token id among tied maxima;
+  6. the others: temperature, then top_k, top_p, min_p, then sample.
+
+The sampling rule, one for both backends (`kernels.sampling.sampling_probs_ref` is the
+kernel's reference of it). Per row, x = logits / temperature over the allowed tokens:
+  - top_k keeps x >= the k-th largest value of x;
+  - top_p keeps x >= t_p, the largest value whose upper set {x >= t_p} holds at least
+    top_p of the probability mass top_k kept;
+  - min_p keeps x >= max(x) + log(min_p), i.e. p >= min_p * p_max (unchanged by the
+    renormalisations before it);
+and the row draws from the softmax over what all three keep. Every filter is a
+threshold on the value, so tied tokens share one fate and a tie at a boundary stays in:
+logits [2, 1, 1, 0] with top_k=2 keep three tokens, [0.576, 0.212, 0.212, 0]; top_p keeps
+the whole tied group whose mass crosses top_p. Why: a token's fate then depends on its
+value alone, never on its index or on how a sort orders equal values (bf16 logits tie
+often); it is the top_k rule of transformers' TopKLogitsWarper and of vLLM; and it is
+what a sort-free kernel computes (thresholds by search, no ranks). Sort-based top_p
+code splits a straddling tie by sort order instead; we do not.
 
 Sampling is an exponential race: token = argmax(probability / E) with E ~ Exp(1)
 per vocabulary entry, which picks each token with exactly its probability. For a
@@ -16,35 +32,32 @@ seeded row the noise depends only on (seed, choice index, number of output token
 far), never on the rest of the batch; unseeded rows draw from a per-engine stream
 (`seed`, or fresh entropy).
 
-Two backends behind one class, picked once by the model runner:
-- torch (`fused=None`, the CPU default): the steps above in torch; a seeded row's
-  noise comes from a torch generator seeded by `_row_seed(seed, index, position)`;
-- fused kernels (`fused=KernelOps()`): penalties and bias + min_tokens masks run in
-  place through `kernels.penalties`, steps 4-5 in one `kernels.sampling.sample` call
-  (sort-free); a seeded row's Philox key is `_choice_key(seed, index)` and its
-  counter offset the output position. Same distribution, different random stream:
-  a seed gives the same tokens run after run on one backend, not across backends.
+Two backends behind `SamplingBackend`, picked once when the Sampler is built:
+- `TorchSampling` (the CPU default): the steps above in torch; a seeded row's noise
+  comes from a torch generator seeded by `row_seed(seed, index, position)`;
+- `engine.kernel_ops.KernelSampling`: penalties and the additions through
+  `kernels.penalties`, steps 4-6 in one sort-free `kernels.sampling.sample` call; a
+  seeded row's Philox key is `choice_key(seed, index)` and its counter offset the
+  output position. Same distribution, different random stream: a seed gives the same
+  tokens run after run on one backend, not across backends.
 
 Logprobs are log_softmax of the raw model logits, before penalties, bias and
 temperature: what the model believes, comparable across requests whatever their
-sampling settings (vLLM's default "raw_logprobs" choice). Both backends compute them
-here in torch, only for the rows that ask (the kernel's own logprobs are of the
-processed logits, so they are not used).
+sampling settings (vLLM's default "raw_logprobs" choice). They are computed here, in
+torch, once for both backends and only for the rows that ask.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from engine.request import Sequence
 from engine.sampling_params import SamplingParams
-
-if TYPE_CHECKING:  # importing it loads triton: only the kernel backend's runner does
-    from engine.kernel_ops import KernelOps
 
 _MASK64 = (1 << 64) - 1
 
@@ -58,39 +71,72 @@ class SampleResult:
     top_logprobs: tuple[tuple[int, float], ...]
 
 
+@dataclass(frozen=True)
+class Penalties:
+    """Penalty inputs of R rows (the rows that have any penalty)."""
+
+    output_counts: torch.Tensor  # [R, vocab_size] int32: occurrences in the output so far
+    in_prompt: torch.Tensor  # [R, vocab_size] bool: token occurs in the prompt
+    repetition: torch.Tensor  # [R] float32, 1 = off (applies to prompt and output tokens)
+    frequency: torch.Tensor  # [R] float32, 0 = off
+    presence: torch.Tensor  # [R] float32, 0 = off
+
+
+@runtime_checkable
+class SamplingBackend(Protocol):
+    """What the Sampler asks of a backend; `logits` are [num_rows, vocab_size] float32."""
+
+    def apply_penalties(self, logits: torch.Tensor, penalties: Penalties) -> None:
+        """Repetition, frequency and presence penalties on every row, in place."""
+        ...
+
+    def add_to_logits(
+        self,
+        logits: torch.Tensor,
+        token_ids: torch.Tensor,  # [num_rows, width] int32, unique per row; -1 pads
+        values: torch.Tensor,  # [num_rows, width] float32
+    ) -> None:
+        """logits[r, token_ids[r, j]] += values[r, j] where token_ids[r, j] >= 0, in place."""
+        ...
+
+    def choose(
+        self,
+        logits: torch.Tensor,  # processed: penalties and additions applied
+        seqs: list[Sequence],  # seqs[r]: temperature, top_k/p, min_p, seed of row r
+        allowed: torch.Tensor | None = None,  # [num_rows, cdiv(vocab_size, 32)] int32 bits
+    ) -> torch.Tensor:  # [num_rows] int64
+        """One token per row under the module's rule; bit j of allowed[r, w] allows token
+        32 * w + j in row r (every row must allow one), None allows every token."""
+        ...
+
+
 class Sampler:
     def __init__(
         self,
         vocab_size: int,
         eos_token_ids: SequenceOf[int],
         seed: int | None = None,
-        fused: KernelOps | None = None,
+        backend: Callable[[int | None], SamplingBackend] | None = None,
     ) -> None:
+        """`backend`: the backend's class (or any factory) called once with `seed`, the
+        seed of the stream shared by unseeded rows (None = fresh entropy); default torch."""
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(eos_token_ids)
-        # Seed of the generator shared by unseeded rows; None = fresh entropy.
-        self.seed = seed
-        # The kernel backend; None = torch.
-        self.fused = fused
-        self._shared_generators: dict[torch.device, torch.Generator] = {}
+        self.backend: SamplingBackend = (backend or TorchSampling)(seed)
 
     def sample(
         self,
         logits: torch.Tensor,  # [num_seqs, vocab_size] float32
         seqs: list[Sequence],
+        allowed: torch.Tensor | None = None,  # [num_seqs, cdiv(vocab_size, 32)] int32 bits
     ) -> list[SampleResult]:
         """One token per row of `logits`; `seqs[i]` is the sequence of row i."""
-        raw_logits = logits
-        logits = self.adjust_logits(logits, seqs)
-        if self.fused is None:
-            token_ids = self._choose_torch(logits, seqs)
-        else:
-            token_ids = self._choose_fused(logits, seqs)
+        token_ids = self.backend.choose(self.adjust_logits(logits, seqs), seqs, allowed)
         chosen = token_ids.tolist()
         logprob_rows = [row for row, seq in enumerate(seqs) if seq.params.logprobs]
         if not logprob_rows:
             return [SampleResult(token, None, ()) for token in chosen]
-        return self._with_logprobs(raw_logits, chosen, seqs, logprob_rows)
+        return self._with_logprobs(logits, chosen, seqs, logprob_rows)
 
     def adjust_logits(
         self,
@@ -101,78 +147,44 @@ class Sampler:
         if not any(_needs_processing(seq.params) for seq in seqs):
             return logits
         logits = logits.clone()
-        if self.fused is None:
-            self._apply_penalties(logits, seqs)
-        else:
-            self._apply_penalties_fused(logits, seqs)
-        self._apply_bias_and_min_tokens(logits, seqs)
+        rows = [r for r, s in enumerate(seqs) if _has_penalty(s.params)]
+        if rows:
+            selected = logits[rows]  # [R, V], a copy the backend updates in place
+            penalties = self._penalties([seqs[r] for r in rows], logits.device)
+            self.backend.apply_penalties(selected, penalties)
+            logits[rows] = selected
+        additions = [self._additions(seq) for seq in seqs]
+        width = max(len(row) for row in additions)
+        if width:
+            # [num_seqs, width], padded with token -1.
+            token_ids = [list(row) + [-1] * (width - len(row)) for row in additions]
+            values = [list(row.values()) + [0.0] * (width - len(row)) for row in additions]
+            self.backend.add_to_logits(
+                logits,
+                token_ids=torch.tensor(token_ids, dtype=torch.int32).to(logits.device),
+                values=torch.tensor(values, dtype=torch.float32).to(logits.device),
+            )
         return logits
 
-    def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """Repetition, presence and frequency penalties, in place."""
-        repetition_rows = [r for r, s in enumerate(seqs) if s.params.repetition_penalty != 1.0]
-        if repetition_rows:
-            seen = (
-                self._token_counts([seqs[r].token_ids for r in repetition_rows], logits.device) > 0
-            )  # [R, V]
-            penalty = torch.tensor(
-                [seqs[r].params.repetition_penalty for r in repetition_rows], device=logits.device
-            )[:, None]
-            rows = logits[repetition_rows]
-            # CTRL: shrink a seen token's logit toward "less likely" whatever its sign.
-            penalised = torch.where(rows > 0, rows / penalty, rows * penalty)
-            logits[repetition_rows] = torch.where(seen, penalised, rows)
-        additive_rows = [
-            r
-            for r, s in enumerate(seqs)
-            if s.params.presence_penalty != 0.0 or s.params.frequency_penalty != 0.0
-        ]
-        if additive_rows:
-            counts = self._token_counts(
-                [seqs[r].output_token_ids for r in additive_rows], logits.device
-            )  # [R, V]
-            presence = torch.tensor(
-                [seqs[r].params.presence_penalty for r in additive_rows], device=logits.device
-            )[:, None]
-            frequency = torch.tensor(
-                [seqs[r].params.frequency_penalty for r in additive_rows], device=logits.device
-            )[:, None]
-            logits[additive_rows] -= presence * (counts > 0) + frequency * counts
-
-    def _apply_penalties_fused(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """The same penalties in one kernel pass over the rows that have any, in place."""
-        assert self.fused is not None
-        rows = [r for r, s in enumerate(seqs) if _has_penalty(s.params)]
-        if not rows:
-            return
-        device = logits.device
-        penalised = [seqs[r] for r in rows]
-        output_counts = self._token_counts(
-            [s.output_token_ids for s in penalised], device, torch.int32
-        )  # [R, V]
-        in_prompt = self._token_counts([s.prompt_token_ids for s in penalised], device) > 0
-        params = [s.params for s in penalised]
+    def _penalties(self, seqs: list[Sequence], device: torch.device) -> Penalties:
         factors = torch.tensor(
             [
-                [p.repetition_penalty for p in params],
-                [p.frequency_penalty for p in params],
-                [p.presence_penalty for p in params],
+                [s.params.repetition_penalty for s in seqs],
+                [s.params.frequency_penalty for s in seqs],
+                [s.params.presence_penalty for s in seqs],
             ],
             dtype=torch.float32,
         ).to(device)  # [3, R]
-        selected = logits[rows]  # [R, V], a copy the kernel updates in place
-        self.fused.apply_penalties(
-            selected, output_counts, self.fused.pack_token_mask(in_prompt), *factors
+        return Penalties(
+            output_counts=self._token_counts([s.output_token_ids for s in seqs], device),
+            in_prompt=self._token_counts([s.prompt_token_ids for s in seqs], device) > 0,
+            repetition=factors[0],
+            frequency=factors[1],
+            presence=factors[2],
         )
-        logits[rows] = selected
 
-    def _token_counts(
-        self,
-        token_lists: list[list[int]],
-        device: torch.device,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        """[len(token_lists), vocab_size]: occurrences of each id (ids >= vocab dropped).
+    def _token_counts(self, token_lists: list[list[int]], device: torch.device) -> torch.Tensor:
+        """[len(token_lists), vocab_size] int32: occurrences of each id (ids >= vocab dropped).
 
         A column slice of a [R, vocab_size + 1] tensor: rows are not contiguous."""
         width = max((len(tokens) for tokens in token_lists), default=0)
@@ -180,32 +192,11 @@ class Sampler:
         padded = [tokens + [self.vocab_size] * (width - len(tokens)) for tokens in token_lists]
         index = torch.tensor(padded, dtype=torch.int64).reshape(len(token_lists), width)
         index = index.clamp_(max=self.vocab_size).to(device)
-        counts = torch.zeros(len(token_lists), self.vocab_size + 1, dtype=dtype, device=device)
-        counts.scatter_add_(1, index, torch.ones_like(index, dtype=dtype))
-        return counts[:, : self.vocab_size]
-
-    def _apply_bias_and_min_tokens(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """Add each row's `_additions` to its logits, in place."""
-        additions = [self._additions(seq) for seq in seqs]
-        width = max(len(row) for row in additions)
-        if width == 0:
-            return
-        device = logits.device
-        if self.fused is None:
-            rows = [r for r, row in enumerate(additions) for _ in row]
-            columns = [token for row in additions for token in row]
-            values = [value for row in additions for value in row.values()]
-            index = (torch.tensor(rows, device=device), torch.tensor(columns, device=device))
-            logits.index_put_(index, torch.tensor(values, device=device), accumulate=True)
-            return
-        # [num_seqs, width], padded with token -1.
-        token_ids = [list(row) + [-1] * (width - len(row)) for row in additions]
-        biases = [list(row.values()) + [0.0] * (width - len(row)) for row in additions]
-        self.fused.apply_logit_bias(
-            logits,
-            torch.tensor(token_ids, dtype=torch.int32).to(device),
-            torch.tensor(biases, dtype=torch.float32).to(device),
+        counts = torch.zeros(
+            len(token_lists), self.vocab_size + 1, dtype=torch.int32, device=device
         )
+        counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.int32))
+        return counts[:, : self.vocab_size]
 
     def _additions(self, seq: Sequence) -> dict[int, float]:
         """Token id -> what to add to its logit: the logit_bias (ids >= vocab_size ignored),
@@ -218,93 +209,6 @@ class Sampler:
                 stops.update(self.eos_token_ids)
             additions.update({t: float("-inf") for t in stops if t < self.vocab_size})
         return additions
-
-    def _choose_torch(
-        self,
-        logits: torch.Tensor,  # [num_seqs, vocab_size], processed
-        seqs: list[Sequence],
-    ) -> torch.Tensor:  # [num_seqs] int64
-        token_ids = logits.argmax(dim=-1)  # final for greedy rows
-        random_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
-        if random_rows:
-            token_ids[random_rows] = self._sample_random(logits[random_rows], seqs, random_rows)
-        return token_ids
-
-    def _sample_random(
-        self,
-        logits: torch.Tensor,  # [R, vocab_size], penalised
-        seqs: list[Sequence],
-        rows: list[int],
-    ) -> torch.Tensor:  # [R] int64
-        device = logits.device
-        params = [seqs[r].params for r in rows]
-        temperature = torch.tensor([p.temperature for p in params], device=device)[:, None]
-        logits = _filter(
-            logits / temperature,
-            top_k=[p.top_k if p.top_k > 0 else 0 for p in params],
-            top_p=[p.top_p for p in params],
-            min_p=[p.min_p for p in params],
-        )
-        probabilities = logits.softmax(dim=-1)
-        noise = torch.empty_like(probabilities)
-        unseeded = [i for i, p in enumerate(params) if p.seed is None]
-        if unseeded:
-            noise[unseeded] = torch.empty(
-                len(unseeded), probabilities.shape[1], device=device
-            ).exponential_(generator=self._shared_generator(device))
-        for i, p in enumerate(params):
-            if p.seed is not None:
-                seq = seqs[rows[i]]
-                generator = torch.Generator(device=device)
-                generator.manual_seed(_row_seed(p.seed, seq.index, seq.num_output_tokens))
-                noise[i].exponential_(generator=generator)
-        # Exp(1) can return 0 for a tiny share of draws; never divide by it.
-        return (probabilities / noise.clamp_(min=1e-20)).argmax(dim=-1)
-
-    def _choose_fused(
-        self,
-        logits: torch.Tensor,  # [num_seqs, vocab_size] float32, processed
-        seqs: list[Sequence],
-    ) -> torch.Tensor:  # [num_seqs] int64
-        """All rows, greedy or not, in one kernel call (temperature 0 = argmax there)."""
-        assert self.fused is not None
-        device = logits.device
-        params = [seq.params for seq in seqs]
-        # Philox keys: seeded rows from (seed, choice index); unseeded random rows from
-        # the engine's stream, fresh each step; greedy rows draw nothing.
-        num_unseeded = sum(1 for p in params if p.seed is None and not p.greedy)
-        fresh = iter(
-            torch.randint(
-                0, 1 << 62, (num_unseeded,), generator=self._shared_generator(torch.device("cpu"))
-            ).tolist()
-        )
-        keys = [
-            _choice_key(p.seed, seq.index) if p.seed is not None else 0 if p.greedy else next(fresh)
-            for p, seq in zip(params, seqs, strict=True)
-        ]
-        floats = torch.tensor(
-            [[p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params]],
-            dtype=torch.float32,
-        ).to(device)  # [3, num_seqs]: temperature, top_p, min_p
-        integers = torch.tensor(
-            [[max(p.top_k, 0) for p in params], keys, [seq.num_output_tokens for seq in seqs]],
-            dtype=torch.int64,
-        ).to(device)  # [3, num_seqs]: top_k, Philox key, offset (the output position)
-        token_ids, _processed_logprobs = self.fused.sample(
-            logits, floats[0], integers[0].int(), floats[1], floats[2], integers[1], integers[2]
-        )
-        return token_ids
-
-    def _shared_generator(self, device: torch.device) -> torch.Generator:
-        generator = self._shared_generators.get(device)
-        if generator is None:
-            generator = torch.Generator(device=device)
-            if self.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(self.seed)
-            self._shared_generators[device] = generator
-        return generator
 
     def _with_logprobs(
         self,
@@ -334,6 +238,143 @@ class Sampler:
         return results
 
 
+class TorchSampling:
+    """The rule in torch, sorting only when a row asks for top_k or top_p."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        # Seed of the stream shared by unseeded rows; None = fresh entropy.
+        self.seed = seed
+        self._shared_generators: dict[torch.device, torch.Generator] = {}
+
+    def apply_penalties(self, logits: torch.Tensor, penalties: Penalties) -> None:
+        counts = penalties.output_counts.float()  # [R, V]
+        seen = penalties.in_prompt | (penalties.output_counts > 0)
+        repetition = penalties.repetition[:, None]
+        # CTRL: shrink a seen token's logit toward "less likely" whatever its sign.
+        repeated = torch.where(logits > 0, logits / repetition, logits * repetition)
+        logits.copy_(
+            torch.where(seen, repeated, logits)
+            - penalties.frequency[:, None] * counts
+            - penalties.presence[:, None] * (counts > 0).float()
+        )
+
+    def add_to_logits(
+        self, logits: torch.Tensor, token_ids: torch.Tensor, values: torch.Tensor
+    ) -> None:
+        valid = token_ids >= 0
+        rows = torch.arange(token_ids.shape[0], device=logits.device)[:, None].expand_as(token_ids)
+        logits.index_put_((rows[valid], token_ids[valid].long()), values[valid], accumulate=True)
+
+    def choose(
+        self,
+        logits: torch.Tensor,  # [num_seqs, vocab_size] float32, processed
+        seqs: list[Sequence],
+        allowed: torch.Tensor | None = None,  # [num_seqs, cdiv(vocab_size, 32)] int32
+    ) -> torch.Tensor:  # [num_seqs] int64
+        if allowed is not None:
+            logits = logits.masked_fill(~unpack_bitmask(allowed, logits.shape[1]), float("-inf"))
+        token_ids = logits.argmax(dim=-1)  # final for greedy rows
+        random_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
+        if random_rows:
+            token_ids[random_rows] = self._sample_random(logits[random_rows], seqs, random_rows)
+        return token_ids
+
+    def _sample_random(
+        self,
+        logits: torch.Tensor,  # [R, vocab_size], processed
+        seqs: list[Sequence],
+        rows: list[int],
+    ) -> torch.Tensor:  # [R] int64
+        device = logits.device
+        params = [seqs[r].params for r in rows]
+        probabilities = sampling_probabilities(
+            logits,
+            temperature=torch.tensor([p.temperature for p in params], device=device),
+            top_k=torch.tensor([max(p.top_k, 0) for p in params], device=device),
+            top_p=torch.tensor([p.top_p for p in params], device=device),
+            min_p=torch.tensor([p.min_p for p in params], device=device),
+        )
+        noise = torch.empty_like(probabilities)
+        unseeded = [i for i, p in enumerate(params) if p.seed is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(
+                len(unseeded), probabilities.shape[1], device=device
+            ).exponential_(generator=self._shared_generator(device))
+        for i, p in enumerate(params):
+            if p.seed is not None:
+                seq = seqs[rows[i]]
+                generator = torch.Generator(device=device)
+                generator.manual_seed(row_seed(p.seed, seq.index, seq.num_output_tokens))
+                noise[i].exponential_(generator=generator)
+        # Exp(1) can return 0 for a tiny share of draws; never divide by it.
+        return (probabilities / noise.clamp_(min=1e-20)).argmax(dim=-1)
+
+    def _shared_generator(self, device: torch.device) -> torch.Generator:
+        generator = self._shared_generators.get(device)
+        if generator is None:
+            generator = engine_generator(self.seed, device)
+            self._shared_generators[device] = generator
+        return generator
+
+
+def sampling_probabilities(
+    logits: torch.Tensor,  # [R, vocab_size] float32, processed; disallowed tokens -inf
+    temperature: torch.Tensor,  # [R] float32, > 0
+    top_k: torch.Tensor,  # [R] int64, 0 = off
+    top_p: torch.Tensor,  # [R] float32, 1 = off
+    min_p: torch.Tensor,  # [R] float32, 0 = off
+) -> torch.Tensor:  # [R, vocab_size] float32: what each row draws from, 0 where filtered
+    """The module's rule: keep x = logits / temperature >= the largest of the top_k,
+    top_p and min_p thresholds, softmax over the kept values."""
+    scaled = logits / temperature[:, None]
+    top = scaled.max(dim=-1, keepdim=True).values  # [R, 1]
+    threshold = top + min_p[:, None].log()  # min_p 0: -inf, keeps every token
+    if bool((top_k > 0).any()) or bool((top_p < 1.0).any()):
+        threshold = torch.maximum(threshold, _top_k_top_p_threshold(scaled, top_k, top_p))
+    return scaled.masked_fill(scaled < threshold, float("-inf")).softmax(dim=-1)
+
+
+def _top_k_top_p_threshold(
+    scaled: torch.Tensor,  # [R, V]
+    top_k: torch.Tensor,  # [R] int64, 0 = off
+    top_p: torch.Tensor,  # [R] float32, 1 = off
+) -> torch.Tensor:  # [R, 1]: the larger of the two thresholds (-inf where both are off)
+    vocab_size = scaled.shape[1]
+    values = scaled.sort(dim=-1, descending=True).values  # [R, V]
+    k = torch.where(top_k > 0, top_k, vocab_size).clamp(max=vocab_size)
+    top_k_threshold = values.gather(1, k[:, None] - 1)  # the k-th largest value, ties and all
+    # Mass of the upper set {x >= v} for each sorted value v, within what top_k kept: the
+    # cumulative sum at v's last tie.
+    weights = (values - values[:, :1]).exp().masked_fill(values < top_k_threshold, 0.0)
+    cumulative = weights.cumsum(dim=-1)
+    last_tie = torch.searchsorted(-values, -values, right=True) - 1
+    mass_at_or_above = cumulative.gather(1, last_tie)  # non-decreasing along the row
+    short = mass_at_or_above < top_p[:, None] * cumulative[:, -1:]
+    # The first value whose upper set holds enough: the largest such value.
+    first_enough = short.sum(dim=-1, keepdim=True).clamp(max=vocab_size - 1)
+    top_p_threshold = values.gather(1, first_enough)
+    top_p_threshold = top_p_threshold.masked_fill(top_p[:, None] >= 1.0, float("-inf"))
+    return torch.maximum(top_k_threshold, top_p_threshold)
+
+
+def unpack_bitmask(
+    words: torch.Tensor,  # [R, cdiv(vocab_size, 32)] int32: bit j of word w = token 32 w + j
+    vocab_size: int,
+) -> torch.Tensor:  # [R, vocab_size] bool
+    bits = (words.long()[:, :, None] >> torch.arange(32, device=words.device)) & 1
+    return bits.reshape(words.shape[0], -1)[:, :vocab_size].bool()
+
+
+def engine_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """The stream of the rows without a seed: from `seed`, or fresh entropy when None."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def _needs_processing(params: SamplingParams) -> bool:
     """Whether a row needs anything before argmax / sampling (most rows do not)."""
     return bool(_has_penalty(params) or params.logit_bias or params.min_tokens)
@@ -347,40 +388,12 @@ def _has_penalty(params: SamplingParams) -> bool:
     )
 
 
-def _filter(
-    logits: torch.Tensor,  # [R, V], temperature applied
-    top_k: list[int],  # 0 = off
-    top_p: list[float],  # 1.0 = off
-    min_p: list[float],  # 0.0 = off
-) -> torch.Tensor:  # [R, V] with filtered-out entries at -inf
-    device = logits.device
-    if any(top_k) or any(p < 1.0 for p in top_p):
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [R, V]
-        vocab_size = logits.shape[1]
-        ranks = torch.arange(vocab_size, device=device)[None, :]
-        k = torch.tensor([k if k > 0 else vocab_size for k in top_k], device=device)[:, None]
-        sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
-        sorted_probabilities = sorted_logits.softmax(dim=-1)
-        # Mass strictly before each token: keep it while that mass is still < top_p,
-        # i.e. the smallest prefix whose mass reaches top_p (the top token always stays).
-        mass_before = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities
-        p = torch.tensor(top_p, device=device)[:, None]
-        sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter_(1, order, sorted_logits)
-    if any(m > 0.0 for m in min_p):
-        # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p).
-        threshold = torch.tensor(min_p, device=device)[:, None].log()
-        top = logits.max(dim=-1, keepdim=True).values
-        logits = logits.masked_fill(logits < top + threshold, float("-inf"))
-    return logits
-
-
-def _row_seed(seed: int, index: int, step: int) -> int:
+def row_seed(seed: int, index: int, step: int) -> int:
     """A 63-bit torch generator seed from (request seed, choice index, output position)."""
     return _splitmix64((_choice_state(seed, index) + step * 0xBF58476D1CE4E5B9) & _MASK64) >> 1
 
 
-def _choice_key(seed: int, index: int) -> int:
+def choice_key(seed: int, index: int) -> int:
     """A 63-bit Philox key from (request seed, choice index); the output position is
     the kernel's counter offset."""
     return _choice_state(seed, index) >> 1

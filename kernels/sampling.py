@@ -1,5 +1,5 @@
 """Fused, sort-free sampling: temperature, top-k, top-p, min-p, allowed-token mask,
-per-row seeds; returns token ids and their logprobs.
+per-row seeds; returns token ids.
 
 The distribution (defined by `sampling_probs_ref`). Per row, with x = logits / T over
 the allowed tokens (others -inf):
@@ -7,10 +7,13 @@ the allowed tokens (others -inf):
 - top-p, after top-k: keeps x >= t_p, the largest value whose upper set
   {x >= t_p} holds >= top_p of the top-k set's probability mass;
 - min-p keeps x >= max(x) + log(min_p) (p >= min_p * p_max);
-the kept set is x >= max(t_k, t_p, t_m), renormalised. Temperature 0 = argmax.
+the kept set is x >= max(t_k, t_p, t_m), renormalised: every filter is a threshold on
+the value, so tied tokens are kept or dropped together. Temperature 0 = argmax (the
+lowest index among tied maxima). This is the engine's one sampling rule; its torch
+backend (`engine.sampler`, which says why ties stay in) follows it too.
 
 The kernel (one program per row) never sorts. Per row it streams the vocabulary:
-1. one pass for max, sum of exp, min and count of x (and logsumexp of the raw logits);
+1. one pass for the max, min and count of x;
 2. top-k and top-p thresholds by a 16-way search over the value range: each pass
    counts (top-k) or sums exp(x - max) (top-p) at 16 pivots, and narrows [lo, hi) to the
    gap holding the answer; the search ends as soon as [lo, hi) holds one distinct
@@ -20,8 +23,8 @@ The kernel (one program per row) never sorts. Per row it streams the vocabulary:
    renormalised softmax, so a row's randomness depends only on its seed and offset.
 Memory: (2 + search passes) * vocab_size * 4 bytes per row (+ the mask, 1/32 of it).
 
-Logprob returned = log_softmax(logits)[token] of the logits as passed in, i.e. after
-penalties and logit bias (`kernels.penalties`) and before temperature / truncation.
+No logprobs: the engine reports those of the raw model logits, before the penalties and
+bias these logits carry (`engine.sampler`), and computes them itself.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ MAX_SEARCH_PASSES = 12
 @triton.jit
 def _load_scaled(logits_row_ptr, allowed_row_ptr, start, vocab_size, temperature,
                  HAS_MASK: tl.constexpr, BLOCK_V: tl.constexpr):  # fmt: skip
-    """Tile of the row: (token index, raw logits, logits / T with disallowed tokens -inf)."""
+    """Tile of the row: (token index, logits / T with disallowed tokens -inf)."""
     index = start + tl.arange(0, BLOCK_V)
     in_vocab = index < vocab_size
     logits = tl.load(logits_row_ptr + index, mask=in_vocab, other=float("-inf"))
@@ -46,7 +49,7 @@ def _load_scaled(logits_row_ptr, allowed_row_ptr, start, vocab_size, temperature
         words = tl.load(allowed_row_ptr + index // 32, mask=in_vocab, other=0)
         allowed = allowed & (((words >> (index % 32)) & 1) != 0)
     scaled = tl.where(allowed, logits / temperature, float("-inf"))
-    return index, logits, scaled
+    return index, scaled
 
 
 @triton.jit
@@ -73,8 +76,10 @@ def _threshold_search(logits_row_ptr, allowed_row_ptr, vocab_size, temperature, 
         min_inside = float("inf")
         max_inside = float("-inf")
         for start in range(0, vocab_size, BLOCK_V):
-            _index, _raw, scaled = _load_scaled(logits_row_ptr, allowed_row_ptr, start, vocab_size,
-                                                temperature, HAS_MASK, BLOCK_V)  # fmt: skip
+            _index, scaled = _load_scaled(
+                logits_row_ptr=logits_row_ptr, allowed_row_ptr=allowed_row_ptr, start=start,
+                vocab_size=vocab_size, temperature=temperature, HAS_MASK=HAS_MASK, BLOCK_V=BLOCK_V,
+            )  # fmt: skip
             if COUNT:
                 weight = tl.where(scaled > float("-inf"), 1.0, 0.0)
             else:
@@ -102,7 +107,7 @@ def _threshold_search(logits_row_ptr, allowed_row_ptr, vocab_size, temperature, 
 @triton.jit
 def sample_kernel(
     logits_ptr,  # [batch, vocab_size] float32
-    allowed_ptr,  # [batch, cdiv(vocab_size, 32)] int32 bitmask, when HAS_MASK
+    allowed_ptr,  # [batch, cdiv(vocab_size, 32)] int32 bitmask; None unless HAS_MASK
     temperature_ptr,  # [batch] float32, 0 = greedy
     top_k_ptr,  # [batch] int32, <= 0 or >= vocab_size = off
     top_p_ptr,  # [batch] float32, 1 = off
@@ -110,7 +115,6 @@ def sample_kernel(
     seeds_ptr,  # [batch] int64
     offsets_ptr,  # [batch] int64: e.g. the output position, a second Philox counter
     token_ids_ptr,  # [batch] int64 out
-    logprobs_ptr,  # [batch] float32 out
     stride_logits_row,
     stride_allowed_row,
     vocab_size,
@@ -121,27 +125,26 @@ def sample_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     logits_row_ptr = logits_ptr + row * stride_logits_row
-    allowed_row_ptr = allowed_ptr + row * stride_allowed_row
+    allowed_row_ptr = allowed_ptr  # None without a mask
+    if HAS_MASK:
+        allowed_row_ptr = allowed_ptr + row * stride_allowed_row
     temperature = tl.load(temperature_ptr + row)
     stochastic = temperature != 0.0  # temperature 0 = greedy
     temperature = tl.where(stochastic, temperature, 1.0)
 
-    # Pass 1: statistics of x = logits / T (allowed) and of the raw logits (all).
+    # Pass 1: statistics of x = logits / T over the allowed tokens.
     max_scaled = float("-inf")
     min_scaled = float("inf")
     num_allowed = 0
-    raw_max = float("-inf")
-    raw_sum = 0.0  # sum of exp(logits - raw_max)
     for start in range(0, vocab_size, BLOCK_V):
-        index, logits, scaled = _load_scaled(logits_row_ptr, allowed_row_ptr, start, vocab_size,
-                                             temperature, HAS_MASK, BLOCK_V)  # fmt: skip
+        _index, scaled = _load_scaled(
+            logits_row_ptr=logits_row_ptr, allowed_row_ptr=allowed_row_ptr, start=start,
+            vocab_size=vocab_size, temperature=temperature, HAS_MASK=HAS_MASK, BLOCK_V=BLOCK_V,
+        )  # fmt: skip
         is_allowed = scaled > float("-inf")
         max_scaled = tl.maximum(max_scaled, tl.max(scaled, 0))
         min_scaled = tl.minimum(min_scaled, tl.min(tl.where(is_allowed, scaled, float("inf")), 0))
         num_allowed += tl.sum(is_allowed.to(tl.int32), 0)
-        new_raw_max = tl.maximum(raw_max, tl.max(logits, 0))
-        raw_sum = raw_sum * tl.exp(raw_max - new_raw_max) + tl.sum(tl.exp(logits - new_raw_max), 0)
-        raw_max = new_raw_max
 
     # Pass 2: thresholds. The kept set is {x >= threshold}.
     top_k = tl.load(top_k_ptr + row)
@@ -151,14 +154,18 @@ def sample_kernel(
     top_k_threshold = min_scaled
     if (top_k > 0) & (top_k < num_allowed) & stochastic:
         top_k_threshold = _threshold_search(
-            logits_row_ptr, allowed_row_ptr, vocab_size, temperature, max_scaled,
-            min_scaled, top_k.to(tl.float32), False, True, HAS_MASK, BLOCK_V, NUM_PIVOTS, MAX_PASSES,
+            logits_row_ptr=logits_row_ptr, allowed_row_ptr=allowed_row_ptr, vocab_size=vocab_size,
+            temperature=temperature, max_scaled=max_scaled, lo=min_scaled,
+            target=top_k.to(tl.float32), RELATIVE=False, COUNT=True, HAS_MASK=HAS_MASK,
+            BLOCK_V=BLOCK_V, NUM_PIVOTS=NUM_PIVOTS, MAX_PASSES=MAX_PASSES,
         )  # fmt: skip
     threshold = tl.maximum(threshold, top_k_threshold)
     if (top_p < 1.0) & stochastic:
         top_p_threshold = _threshold_search(
-            logits_row_ptr, allowed_row_ptr, vocab_size, temperature, max_scaled,
-            top_k_threshold, top_p, True, False, HAS_MASK, BLOCK_V, NUM_PIVOTS, MAX_PASSES,
+            logits_row_ptr=logits_row_ptr, allowed_row_ptr=allowed_row_ptr, vocab_size=vocab_size,
+            temperature=temperature, max_scaled=max_scaled, lo=top_k_threshold, target=top_p,
+            RELATIVE=True, COUNT=False, HAS_MASK=HAS_MASK,
+            BLOCK_V=BLOCK_V, NUM_PIVOTS=NUM_PIVOTS, MAX_PASSES=MAX_PASSES,
         )  # fmt: skip
         threshold = tl.maximum(threshold, top_p_threshold)
 
@@ -170,8 +177,10 @@ def sample_kernel(
     best_score = float("-inf")
     best_index = 0
     for start in range(0, vocab_size, BLOCK_V):
-        index, _raw, scaled = _load_scaled(logits_row_ptr, allowed_row_ptr, start, vocab_size,
-                                           temperature, HAS_MASK, BLOCK_V)  # fmt: skip
+        index, scaled = _load_scaled(
+            logits_row_ptr=logits_row_ptr, allowed_row_ptr=allowed_row_ptr, start=start,
+            vocab_size=vocab_size, temperature=temperature, HAS_MASK=HAS_MASK, BLOCK_V=BLOCK_V,
+        )  # fmt: skip
         keep = (scaled >= threshold) & (scaled > float("-inf"))
         score = scaled
         if stochastic:
@@ -187,9 +196,7 @@ def sample_kernel(
         best_index = tl.where(better, tile_index, best_index)
         best_score = tl.where(better, tile_best, best_score)
 
-    chosen_logit = tl.load(logits_row_ptr + best_index)
     tl.store(token_ids_ptr + row, best_index.to(tl.int64))
-    tl.store(logprobs_ptr + row, chosen_logit - raw_max - tl.log(raw_sum))
 
 
 def sample(
@@ -201,7 +208,7 @@ def sample(
     seeds: torch.Tensor,  # [batch] int64
     offsets: torch.Tensor,  # [batch] int64
     allowed_mask: torch.Tensor | None = None,  # [batch, cdiv(vocab_size, 32)] int32
-) -> tuple[torch.Tensor, torch.Tensor]:  # token_ids [batch] int64, logprobs [batch] float32
+) -> torch.Tensor:  # token_ids [batch] int64
     """Sample one token per row; see the module docstring for the distribution.
 
     Every row must allow at least one token. Bit j of allowed_mask[b, w] allows token
@@ -237,20 +244,28 @@ def sample(
             f"got {tuple(allowed_mask.shape)} {allowed_mask.dtype}"
         )
     token_ids = torch.empty(batch, dtype=torch.int64, device=logits.device)
-    logprobs = torch.empty(batch, dtype=torch.float32, device=logits.device)
     if batch == 0:
-        return token_ids, logprobs
-    mask = allowed_mask if allowed_mask is not None else logits  # unused when HAS_MASK is off
+        return token_ids
     sample_kernel[(batch,)](
-        logits, mask, temperature, top_k, top_p, min_p, seeds, offsets, token_ids, logprobs,
-        logits.stride(0), mask.stride(0), vocab_size,
+        logits_ptr=logits,
+        allowed_ptr=allowed_mask,
+        temperature_ptr=temperature,
+        top_k_ptr=top_k,
+        top_p_ptr=top_p,
+        min_p_ptr=min_p,
+        seeds_ptr=seeds,
+        offsets_ptr=offsets,
+        token_ids_ptr=token_ids,
+        stride_logits_row=logits.stride(0),
+        stride_allowed_row=allowed_mask.stride(0) if allowed_mask is not None else 0,
+        vocab_size=vocab_size,
         HAS_MASK=allowed_mask is not None,
         BLOCK_V=min(1024, triton.next_power_of_2(vocab_size)),
         NUM_PIVOTS=NUM_PIVOTS,
         MAX_PASSES=MAX_SEARCH_PASSES,
         num_warps=8,
-    )  # fmt: skip
-    return token_ids, logprobs
+    )
+    return token_ids
 
 
 def sampling_probs_ref(
@@ -308,14 +323,15 @@ def sample_ref(
     min_p: torch.Tensor,
     allowed_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # token_ids [batch] int64, logprobs [batch] float32
-    """Sort-based sampling with torch's RNG: same distribution and logprobs as `sample`,
-    different random stream. Also the baseline the sampling benchmark times."""
-    probs = sampling_probs_ref(logits, temperature, top_k, top_p, min_p, allowed_mask, torch.float32)
+) -> torch.Tensor:  # token_ids [batch] int64
+    """Sort-based sampling with torch's RNG: same distribution as `sample`, different
+    random stream. Also the baseline the sampling benchmark times."""
+    probs = sampling_probs_ref(
+        logits=logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        allowed_mask=allowed_mask, dtype=torch.float32,
+    )  # fmt: skip
     noise = torch.empty_like(probs).exponential_(generator=generator)
-    token_ids = (probs / noise).argmax(1)
-    logprobs = logits.float().log_softmax(1).gather(1, token_ids[:, None])[:, 0]
-    return token_ids, logprobs
+    return (probs / noise).argmax(1)
 
 
 def pack_allowed_mask(allowed: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""Sampler: seeds, filtering distributions, penalties, bias, min_tokens, logprobs.
+"""Sampler: seeds, filtering distributions and their tie rule, penalties, bias,
+min_tokens, the allowed-token mask, logprobs.
 
 The tests that take `make_sampler` run here on the torch backend and again on the
-fused kernels in tests/kernels/test_sampler_kernels.py (which needs the interpreter).
+fused kernels in tests/kernels/test_sampler_kernels.py (which needs the interpreter),
+where both backends also meet on tied logits.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import pytest
 import torch
 
 from engine.request import Sequence
-from engine.sampler import Sampler
+from engine.sampler import Sampler, SamplingBackend, TorchSampling, sampling_probabilities
 from engine.sampling_params import SamplingParams
+from tests.engine.test_ops import assert_implements
 
 VOCAB_SIZE = 16
 EOS = 2
@@ -86,22 +89,28 @@ def test_seeded_row_ignores_batch_composition(make_sampler: Callable[..., Sample
     assert other_choice != alone  # choice index n feeds the seed too
 
 
+def test_torch_sampling_implements_the_protocol() -> None:
+    assert_implements(TorchSampling, SamplingBackend)
+
+
 def _expected_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Straight from the definitions: temperature, top_k, top_p, min_p, renormalising each time."""
-    probabilities = (logits.double() / params.temperature).softmax(-1)
-    order = probabilities.argsort(descending=True).tolist()
-    keep = order[: params.top_k] if params.top_k > 0 else order
-    mass, nucleus = 0.0, []
-    total = sum(probabilities[i].item() for i in keep)
-    for token in keep:
-        if mass >= params.top_p:
+    """Straight from the rule in engine/sampler.py, value by value: temperature, then
+    top_k, top_p, min_p each keep the tokens at or above a value (ties together)."""
+    probabilities = (logits.double() / params.temperature).softmax(-1).tolist()
+    kept = list(range(len(probabilities)))
+    if params.top_k > 0:
+        kth_largest = sorted(probabilities, reverse=True)[params.top_k - 1]
+        kept = [t for t in kept if probabilities[t] >= kth_largest]
+    total = sum(probabilities[t] for t in kept)
+    for value in sorted({probabilities[t] for t in kept}, reverse=True):
+        upper_set = [t for t in kept if probabilities[t] >= value]
+        if sum(probabilities[t] for t in upper_set) >= params.top_p * total:
+            kept = upper_set
             break
-        nucleus.append(token)
-        mass += probabilities[token].item() / total
-    top = probabilities[nucleus[0]].item()
-    final = [t for t in nucleus if probabilities[t].item() >= params.min_p * top]
-    expected = torch.zeros_like(probabilities)
-    expected[final] = probabilities[final]
+    top = max(probabilities)
+    kept = [t for t in kept if probabilities[t] >= params.min_p * top]
+    expected = torch.zeros(len(probabilities), dtype=torch.float64)
+    expected[kept] = torch.tensor([probabilities[t] for t in kept], dtype=torch.float64)
     return expected / expected.sum()
 
 
@@ -132,6 +141,57 @@ def test_sampling_distribution_chi_square(params: SamplingParams) -> None:
     statistic = ((counts[allowed] - expected[allowed]) ** 2 / expected[allowed]).sum().item()
     degrees_of_freedom = int(allowed.sum()) - 1
     assert statistic < CHI_SQUARE_CRITICAL[degrees_of_freedom], (statistic, counts, expected)
+
+
+def test_ties_at_a_boundary_stay_in() -> None:
+    """[2, 1, 1, 0]: top_k=2 keeps both 1s (the 2nd largest value), and top_p, whose
+    boundary falls inside the tie, keeps both too; min_p keeps or drops them together."""
+
+    def probabilities(top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> list[float]:
+        row = sampling_probabilities(
+            torch.tensor([[2.0, 1.0, 1.0, 0.0]]),
+            temperature=torch.tensor([1.0]),
+            top_k=torch.tensor([top_k]),
+            top_p=torch.tensor([top_p]),
+            min_p=torch.tensor([min_p]),
+        )
+        return row[0].tolist()
+
+    assert probabilities(top_k=2) == pytest.approx([0.576, 0.212, 0.212, 0.0], abs=1e-3)
+    assert probabilities(top_p=0.6) == pytest.approx([0.576, 0.212, 0.212, 0.0], abs=1e-3)
+    assert probabilities(min_p=0.3) == pytest.approx([0.576, 0.212, 0.212, 0.0], abs=1e-3)
+    assert probabilities(min_p=0.5) == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    for settings in ({"top_k": 2}, {"top_p": 0.6}, {"min_p": 0.3}):
+        expected = _expected_distribution(
+            torch.tensor([2.0, 1.0, 1.0, 0.0]), SamplingParams(**settings)
+        )
+        assert probabilities(**settings) == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_allowed_mask_limits_every_row(make_sampler: Callable[..., Sampler]) -> None:
+    logits = _logits(6, seed=6)
+    allowed = torch.zeros(6, VOCAB_SIZE, dtype=torch.bool)
+    allowed[:, [3, 8, 13]] = True
+    allowed[1] = True  # row 1 allows everything
+    words = (allowed.long() << torch.arange(VOCAB_SIZE)).sum(1, keepdim=True).int()  # [6, 1]
+    seqs = [
+        _seq(SamplingParams(temperature=0.0)),
+        _seq(SamplingParams(temperature=0.0)),
+        _seq(SamplingParams(temperature=1.0, top_k=2)),
+        _seq(SamplingParams(temperature=2.0, seed=4, logprobs=True)),
+        _seq(SamplingParams(temperature=1.5, top_p=0.9, logit_bias={5: 50.0})),
+        _seq(SamplingParams(temperature=1.0, min_p=0.5)),
+    ]
+    sampler = make_sampler(VOCAB_SIZE, [EOS], seed=0)
+    for _ in range(4):
+        results = sampler.sample(logits, seqs, words)
+        tokens = [r.token_id for r in results]
+        assert all(allowed[row, token] for row, token in enumerate(tokens)), tokens
+        assert tokens[0] == logits[0].masked_fill(~allowed[0], float("-inf")).argmax()
+        assert tokens[1] == logits[1].argmax()
+        # Logprobs stay those of the raw logits, mask or not.
+        raw = logits[3].log_softmax(-1)[tokens[3]].item()
+        assert results[3].logprob == pytest.approx(raw, abs=1e-6)
 
 
 def test_penalties_follow_their_formulas(make_sampler: Callable[..., Sampler]) -> None:

@@ -82,7 +82,7 @@ def signature_of(fn: JITFunction, args: tuple[Any, ...], kwargs: dict[str, Any])
     constants: dict[str, Any] = {}
     for param in fn.params:
         value = bound.arguments[param.name]
-        if param.is_constexpr:
+        if param.is_constexpr or value is None:  # a None argument is a constexpr to Triton
             signature[param.name] = "constexpr"
             constants[param.name] = value
         elif isinstance(value, torch.Tensor):

@@ -124,7 +124,7 @@ PROMPT_B = [1, 99, 42, 8, 8, 31]
 
 def test_engine_step_on_kernels_gives_the_torch_greedy_tokens(tiny_model_dir: Path) -> None:
     """EngineConfig.use_kernels="on" on CPU: the runner's whole step (forward and sampling)
-    goes through KernelOps; greedy tokens over a staggered schedule equal the torch backend's."""
+    goes through KernelOps and KernelSampling; greedy tokens over a staggered schedule equal the torch backend's."""
     from engine.model_runner import ModelRunner
     from engine.sampling_params import SamplingParams
     from tests.engine.tiny_models import engine_config
@@ -136,7 +136,8 @@ def test_engine_step_on_kernels_gives_the_torch_greedy_tokens(tiny_model_dir: Pa
     for use_kernels in ("off", "on"):
         runner = ModelRunner(engine_config(tiny_model_dir, use_kernels=use_kernels))
         assert type(runner.ops).__name__ == ("KernelOps" if use_kernels == "on" else "TorchOps")
-        assert runner.sampler.fused is (runner.ops if use_kernels == "on" else None)
+        sampling = type(runner.sampler.backend).__name__
+        assert sampling == ("KernelSampling" if use_kernels == "on" else "TorchSampling")
         outputs[use_kernels] = generate(runner, requests, schedule)
     assert outputs["on"] == outputs["off"]
 

@@ -1,9 +1,11 @@
-"""The engine's Sampler on the fused kernels (`Sampler(fused=KernelOps())`), interpreted on CPU.
+"""The engine's Sampler on the fused kernels (`Sampler(backend=KernelSampling)`),
+interpreted on CPU.
 
 The backend-independent tests of tests/engine/test_sampler.py run here a second time,
 with a `make_sampler` that builds the kernel path. The tests below check where the two
-paths must agree exactly (processed logits, greedy tokens, logprobs) and what only
-random rows show (min_tokens masks, the engine's seed stream).
+paths must agree exactly (processed logits, greedy tokens, logprobs, the distribution
+on tied logits) and what only random rows show (min_tokens masks, the engine's seed
+stream).
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from engine.kernel_ops import KernelOps
-from engine.sampler import Sampler
+from engine.kernel_ops import KernelSampling
+from engine.sampler import Sampler, SamplingBackend, TorchSampling, sampling_probabilities
 from engine.sampling_params import SamplingParams
+from kernels.sampling import sampling_probs_ref
 from tests.engine import test_sampler as torch_path
+from tests.engine.test_ops import assert_implements
 from tests.engine.test_sampler import EOS, VOCAB_SIZE, _logits, _seq
+from tests.kernels.kernel_testing import assert_close
+from tests.kernels.test_sampling import P_VALUE_FLOOR, chi_square_p_value
 
 # Collected again in this module, so they take this module's `make_sampler`.
 test_greedy_takes_argmax = torch_path.test_greedy_takes_argmax
@@ -31,12 +37,17 @@ test_min_tokens_masks_eos_and_stop_ids_until_reached = (
     torch_path.test_min_tokens_masks_eos_and_stop_ids_until_reached
 )
 test_logprobs_sorted_and_from_raw_logits = torch_path.test_logprobs_sorted_and_from_raw_logits
+test_allowed_mask_limits_every_row = torch_path.test_allowed_mask_limits_every_row
 
 
 @pytest.fixture
 def make_sampler() -> Callable[..., Sampler]:
     """Sampler(vocab_size, eos_token_ids, seed=None) on the fused kernels."""
-    return functools.partial(Sampler, fused=KernelOps())
+    return functools.partial(Sampler, backend=KernelSampling)
+
+
+def test_kernel_sampling_implements_the_protocol() -> None:
+    assert_implements(KernelSampling, SamplingBackend)
 
 
 def mixed_batch() -> list:  # noqa: ANN201 - list[Sequence]
@@ -59,7 +70,7 @@ def test_processed_logits_greedy_tokens_and_logprobs_equal_the_torch_path() -> N
     logits = _logits(5, seed=11)
     seqs = mixed_batch()
     torch_sampler = Sampler(VOCAB_SIZE, [EOS], seed=0)
-    kernel_sampler = Sampler(VOCAB_SIZE, [EOS], seed=0, fused=KernelOps())
+    kernel_sampler = Sampler(VOCAB_SIZE, [EOS], seed=0, backend=KernelSampling)
 
     expected = torch_sampler.adjust_logits(logits, seqs)
     actual = kernel_sampler.adjust_logits(logits, seqs)
@@ -91,14 +102,57 @@ def test_min_tokens_and_engine_seed_on_random_rows() -> None:
     done = [_seq(params, output=[4, 4, 4]) for _ in range(6)]
 
     def draw(seed: int, seqs: list) -> list[int]:  # noqa: ANN001
-        return [r.token_id for r in Sampler(VOCAB_SIZE, [EOS], seed=seed, fused=KernelOps()).sample(logits, seqs)]
+        return [r.token_id for r in Sampler(VOCAB_SIZE, [EOS], seed=seed, backend=KernelSampling).sample(logits, seqs)]
 
     assert not {EOS, 11} & set(draw(0, early))
     assert set(draw(0, done)) <= {EOS, 11}
     # Unseeded rows: the engine seed makes the stream repeatable; rows draw apart.
     uniform = torch.zeros(6, VOCAB_SIZE)
-    sampler = Sampler(VOCAB_SIZE, [EOS], seed=5, fused=KernelOps())
+    sampler = Sampler(VOCAB_SIZE, [EOS], seed=5, backend=KernelSampling)
     first = [r.token_id for r in sampler.sample(uniform, [_seq(SamplingParams())] * 6)]
-    again = [r.token_id for r in Sampler(VOCAB_SIZE, [EOS], seed=5, fused=KernelOps()).sample(
+    again = [r.token_id for r in Sampler(VOCAB_SIZE, [EOS], seed=5, backend=KernelSampling).sample(
         uniform, [_seq(SamplingParams())] * 6)]  # fmt: skip
     assert first == again and len(set(first)) > 1
+
+
+# Ties at every level: sorted, 2 2 | 1 1 1 | 0 0 | -1. Probabilities at temperature 1:
+# 0.292 each for the 2s (0.584 together), 0.107 each for the 1s (0.906 with the 2s).
+TIED_LOGITS = [1.0, 2.0, 1.0, 0.0, 2.0, 1.0, -1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("params", "kept"),
+    [
+        (SamplingParams(top_k=1), {1, 4}),  # the two largest tie: both stay
+        (SamplingParams(top_k=3), {0, 1, 2, 4, 5}),  # the 3rd largest is a 1: every 1 stays
+        (SamplingParams(top_p=0.25), {1, 4}),  # one 2 reaches 0.25; its twin stays
+        (SamplingParams(top_p=0.7), {0, 1, 2, 4, 5}),  # the 1s cross 0.7 together
+        (SamplingParams(min_p=0.3), {0, 1, 2, 4, 5}),  # the 1s: p / p_max = 0.37
+        (SamplingParams(temperature=0.5, min_p=0.3), {1, 4}),  # now 0.14: all go
+        (SamplingParams(temperature=0.8, top_k=6, top_p=0.95, min_p=0.1), {0, 1, 2, 4, 5}),
+    ],
+    ids=["top_k-1", "top_k-3", "top_p-0.25", "top_p-0.7", "min_p", "min_p-cold", "combined"],
+)
+def test_both_backends_keep_ties_at_the_boundary(params: SamplingParams, kept: set[int]) -> None:
+    """The same tied logits give the same distribution on both backends: the torch
+    backend's probabilities equal the kernel's reference, and each backend draws every
+    kept token, tied twins included, and nothing else (and passes a chi-square test)."""
+    logits = torch.tensor([TIED_LOGITS])
+    rows = (
+        torch.tensor([params.temperature]),
+        torch.tensor([params.top_k]),
+        torch.tensor([params.top_p]),
+        torch.tensor([params.min_p]),
+    )
+    reference = sampling_probs_ref(logits, *rows)[0]  # float64, the kernel's definition
+    assert set(reference.nonzero()[:, 0].tolist()) == kept
+    assert_close(sampling_probabilities(logits, *rows)[0], reference, torch.float32)
+
+    num_draws = 150  # the rarest kept token (p >= 0.1) goes undrawn with p < 1e-6
+    seqs = [_seq(params)] * num_draws
+    for backend in (TorchSampling, KernelSampling):
+        sampler = Sampler(len(TIED_LOGITS), [], seed=0, backend=backend)
+        drawn = [r.token_id for r in sampler.sample(logits.expand(num_draws, -1), seqs)]
+        counts = torch.bincount(torch.tensor(drawn), minlength=len(TIED_LOGITS)).double()
+        assert set(counts.nonzero()[:, 0].tolist()) == kept, (backend, counts)
+        assert chi_square_p_value(counts, reference) > P_VALUE_FLOOR, (backend, counts)
