@@ -1,4 +1,4 @@
-"""The gRPC client and its calls without a Triton: tensors built, responses parsed, errors mapped;
+"""The gRPC client and its calls (adapter/triton_call.py) without a Triton: tensors built, responses parsed, errors mapped;
 when the consumer stops early, an in-band cancel for models that take one (else the
 call is cancelled), and no cancellation once the request has ended (Triton ends the
 call after our half-close)."""
@@ -274,8 +274,8 @@ async def test_generate_stops_at_the_final_response() -> None:
     await client.wait_for_calls()
     stream = client.client.streams[0]
     assert stream.sent[0]["model_name"] == "m" and stream.sent[0]["request_id"] == "r"
-    # The request ended: half-closed and left for Triton to end, never cancelled (a cancel
-    # racing the final write leaks the request in Triton 2.51, and the model never unloads).
+    # The request ended: half-closed and left for Triton to end, never cancelled (why:
+    # adapter/triton_call.py).
     assert stream.half_closed and not stream.cancelled
 
 

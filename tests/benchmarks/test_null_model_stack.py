@@ -84,9 +84,9 @@ def test_tritium_bench_through_the_adapter(null_stack: Endpoints, tmp_path: Path
 
 
 def test_bench_over_triton_grpc_leaves_the_model_unloadable(tmp_path: Path) -> None:
-    """The benchmark's Triton client half-closes ended calls instead of cancelling them
-    (a cancel racing the final write leaks the request in Triton 2.51, and the model
-    never unloads): after a few hundred requests the stack stops with the model unloaded."""
+    """The benchmark's Triton client ends its calls as the adapter does (TritonCall, which
+    says why it never cancels an ended call): after a few hundred requests the stack stops
+    with the model unloaded."""
     repository = write_null_repository(tmp_path / "repository", {"null-1": 1})
     with tritium_stack(repository, tmp_path / "logs", startup_timeout_s=120) as endpoints:
         command = [
@@ -107,7 +107,7 @@ def test_clients_hanging_up_as_the_final_response_comes_leave_the_model_unloadab
     tmp_path: Path,
 ) -> None:
     """Streams dropped right after their first event, with the final response a fraction
-    of a millisecond behind it: no hang-up reaches Triton as a cancelled call (which can
-    leak the request in Triton 2.51), and the model unloads (tests/stress/final_hangups.py)."""
+    of a millisecond behind it: no hang-up reaches Triton as a cancelled call
+    (adapter/triton_call.py), and the model unloads (tests/stress/final_hangups.py)."""
     answered, cancellations, unloaded, _ = one_run(tmp_path, requests=400, concurrency=16)
     assert (answered, cancellations, unloaded) == (400, 0, True)

@@ -107,7 +107,7 @@ def test_a_request_whose_consumer_leaves_is_cancelled_in_band(
     stack: Stack, kv_baseline: float
 ) -> None:
     """The adapter stops a request whose client left with a cancel request on its stream,
-    never by cancelling the gRPC call (which can leak the request in Triton 2.51): the
+    never by cancelling the gRPC call (adapter/triton_call.py says why): the
     engine is idle at once, long before the request's 1,000 tokens, and no call was
     cancelled."""
     from adapter.contract import GenerateInputs

@@ -4,8 +4,8 @@ and does the model still unload?
 The null model streams 2 tokens, one per response, so the final response follows the
 first event by a fraction of a millisecond; each client hangs up right after the first
 event. The stack runs with Triton's verbose log, whose "Cancellation notification
-received" lines count the calls Triton saw cancelled (in Triton 2.51 a call cancelled
-as its final response is written leaks the request, and the model never unloads).
+received" lines count the calls Triton saw cancelled (why those must be none:
+adapter/triton_call.py).
 
     python -m tests.stress.final_hangups [--requests 400] [--concurrency 16] [--runs 3]
 """
