@@ -20,7 +20,7 @@ from kernels.attention import paged_attention, write_kv_cache
 from kernels.penalties import apply_logit_bias, apply_penalties
 from kernels.rmsnorm import rms_norm
 from kernels.rope import rope, rope_and_write_kv
-from kernels.sampling import pack_allowed_mask, sample
+from kernels.sampling import pack_token_mask, sample
 
 
 class KernelOps:
@@ -118,7 +118,7 @@ class KernelSampling:
         apply_penalties(
             logits=logits,
             output_counts=penalties.output_counts,
-            prompt_mask=pack_allowed_mask(penalties.in_prompt),
+            prompt_mask=pack_token_mask(tokens=penalties.in_prompt),
             repetition_penalty=penalties.repetition,
             frequency_penalty=penalties.frequency,
             presence_penalty=penalties.presence,

@@ -47,12 +47,14 @@ def write_kv_cache_kernel(
         return
     cache_offset = (slot // BLOCK_SIZE) * stride_cache_block + (slot % BLOCK_SIZE) * stride_cache_slot
     copy_heads(
-        key_ptr + token * stride_key_token, stride_key_head, key_cache_ptr + cache_offset,
-        stride_cache_head, num_kv_heads, head_dim, BLOCK_HEADS, BLOCK_DIM,
+        in_ptr=key_ptr + token * stride_key_token, stride_in_head=stride_key_head,
+        out_ptr=key_cache_ptr + cache_offset, stride_out_head=stride_cache_head,
+        num_heads=num_kv_heads, head_dim=head_dim, BLOCK_HEADS=BLOCK_HEADS, BLOCK_DIM=BLOCK_DIM,
     )  # fmt: skip
     copy_heads(
-        value_ptr + token * stride_value_token, stride_value_head, value_cache_ptr + cache_offset,
-        stride_cache_head, num_kv_heads, head_dim, BLOCK_HEADS, BLOCK_DIM,
+        in_ptr=value_ptr + token * stride_value_token, stride_in_head=stride_value_head,
+        out_ptr=value_cache_ptr + cache_offset, stride_out_head=stride_cache_head,
+        num_heads=num_kv_heads, head_dim=head_dim, BLOCK_HEADS=BLOCK_HEADS, BLOCK_DIM=BLOCK_DIM,
     )  # fmt: skip
 
 
@@ -85,10 +87,13 @@ def write_kv_cache(
     if num_tokens == 0:
         return
     write_kv_cache_kernel[(num_tokens,)](
-        key, value, key_cache, value_cache, slot_mapping,
-        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        num_kv_heads, head_dim,
+        key_ptr=key, value_ptr=value, key_cache_ptr=key_cache, value_cache_ptr=value_cache,
+        slot_mapping_ptr=slot_mapping,
+        stride_key_token=key.stride(0), stride_key_head=key.stride(1),
+        stride_value_token=value.stride(0), stride_value_head=value.stride(1),
+        stride_cache_block=key_cache.stride(0), stride_cache_slot=key_cache.stride(1),
+        stride_cache_head=key_cache.stride(2),
+        num_kv_heads=num_kv_heads, head_dim=head_dim,
         BLOCK_SIZE=key_cache.shape[1],
         BLOCK_HEADS=triton.next_power_of_2(num_kv_heads),
         BLOCK_DIM=triton.next_power_of_2(head_dim),
@@ -113,14 +118,16 @@ def paged_attention(
     out = torch.empty_like(query)
     if max_query_len > 1:
         prefill_attention(
-            query, key_cache, value_cache, query_start_loc, seq_lens, block_tables,
-            max_query_len, scale, out=out, skip_decodes=has_decodes,
+            query=query, key_cache=key_cache, value_cache=value_cache,
+            query_start_loc=query_start_loc, seq_lens=seq_lens, block_tables=block_tables,
+            max_query_len=max_query_len, scale=scale, out=out, skip_decodes=has_decodes,
         )  # fmt: skip
         if not has_decodes:
             return out
     decode_attention(
-        query, key_cache, value_cache, query_start_loc, seq_lens, block_tables,
-        max_seq_len, scale, out=out, num_splits=num_splits,
+        query=query, key_cache=key_cache, value_cache=value_cache,
+        query_start_loc=query_start_loc, seq_lens=seq_lens, block_tables=block_tables,
+        max_seq_len=max_seq_len, scale=scale, out=out, num_splits=num_splits,
     )  # fmt: skip
     return out
 

@@ -30,8 +30,8 @@ def attend_tile(
     value_cache_ptr,  # value cache advanced to this KV head
     block_table_ptr,  # [max_blocks_per_seq] int32, this sequence's row
     key_start,  # first key position of the tile
-    seq_len,
-    query_positions,  # [BLOCK_M] int: position of each query row (CAUSAL only)
+    key_end,  # keys at positions >= key_end are masked out (seq_len, or a split's end)
+    query_positions,  # [BLOCK_M] int: position of each query row; None unless CAUSAL
     stride_cache_block,
     stride_cache_slot,
     qk_scale,  # softmax scale * log2(e)
@@ -48,7 +48,7 @@ def attend_tile(
     2 * BLOCK_N * HEAD_DIM cache elements; everything else stays in registers.
     """
     key_positions = key_start + tl.arange(0, BLOCK_N)
-    in_seq = key_positions < seq_len
+    in_seq = key_positions < key_end
     block_ids = tl.load(block_table_ptr + key_positions // BLOCK_SIZE, mask=in_seq, other=0)
     slot_offsets = (
         block_ids.to(tl.int64) * stride_cache_block + (key_positions % BLOCK_SIZE) * stride_cache_slot

@@ -94,10 +94,14 @@ def decode_attention_kernel(
     block_table_ptr = block_tables_ptr + seq * stride_block_tables_seq
     for key_start in range(key_begin, key_end, BLOCK_N):
         acc, row_max, row_sum = attend_tile(
-            q, acc, row_max, row_sum,
-            key_cache_ptr + kv_head * stride_cache_head, value_cache_ptr + kv_head * stride_cache_head,
-            block_table_ptr, key_start, key_end, head_in_group, stride_cache_block, stride_cache_slot,
-            qk_scale, BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION, UPCAST_DOT,
+            q=q, acc=acc, row_max=row_max, row_sum=row_sum,
+            key_cache_ptr=key_cache_ptr + kv_head * stride_cache_head,
+            value_cache_ptr=value_cache_ptr + kv_head * stride_cache_head,
+            block_table_ptr=block_table_ptr, key_start=key_start, key_end=key_end,
+            query_positions=None,  # the one query sees every key up to key_end
+            stride_cache_block=stride_cache_block, stride_cache_slot=stride_cache_slot,
+            qk_scale=qk_scale, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            CAUSAL=False, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
         )  # fmt: skip
     # An empty split (past the end of a short sequence) has row_sum 0: lse -inf, weight 0.
     nonempty = row_sum > 0.0
@@ -191,10 +195,13 @@ def decode_attention(
     )
     partial_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=query.device)
     decode_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
-        query, key_cache, value_cache, partial_out, partial_lse, query_start_loc, seq_lens, block_tables,
-        query.stride(0), query.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
-        num_heads, scale * LOG2_E,
+        query_ptr=query, key_cache_ptr=key_cache, value_cache_ptr=value_cache,
+        partial_out_ptr=partial_out, partial_lse_ptr=partial_lse,
+        query_start_loc_ptr=query_start_loc, seq_lens_ptr=seq_lens, block_tables_ptr=block_tables,
+        stride_query_token=query.stride(0), stride_query_head=query.stride(1),
+        stride_cache_block=key_cache.stride(0), stride_cache_slot=key_cache.stride(1),
+        stride_cache_head=key_cache.stride(2), stride_block_tables_seq=block_tables.stride(0),
+        num_heads=num_heads, qk_scale=scale * LOG2_E,
         GROUP=group,
         BLOCK_M=max(16, next_power_of_2(group)),
         BLOCK_N=DECODE_BLOCK_N,
@@ -207,7 +214,9 @@ def decode_attention(
         num_stages=3,
     )  # fmt: skip
     combine_splits_kernel[(num_seqs, num_heads)](
-        partial_out, partial_lse, out, query_start_loc, out.stride(0), out.stride(1), num_heads,
+        partial_out_ptr=partial_out, partial_lse_ptr=partial_lse, out_ptr=out,
+        query_start_loc_ptr=query_start_loc,
+        stride_out_token=out.stride(0), stride_out_head=out.stride(1), num_heads=num_heads,
         HEAD_DIM=head_dim, NUM_SPLITS=num_splits, SPLITS_PAD=next_power_of_2(num_splits),
         num_warps=1 if head_dim <= 64 else 2,
     )  # fmt: skip

@@ -108,15 +108,23 @@ def prefill_attention_kernel(
     keys_end = tl.minimum(context_len + tile_start + TOKENS_PER_TILE, seq_len)
     for key_start in range(0, unmasked_end, BLOCK_N):
         acc, row_max, row_sum = attend_tile(
-            q, acc, row_max, row_sum, key_cache_head_ptr, value_cache_head_ptr, block_table_ptr,
-            key_start, seq_len, query_positions, stride_cache_block, stride_cache_slot, qk_scale,
-            BLOCK_SIZE, BLOCK_N, HEAD_DIM, False, DOT_PRECISION, UPCAST_DOT,
+            q=q, acc=acc, row_max=row_max, row_sum=row_sum,
+            key_cache_ptr=key_cache_head_ptr, value_cache_ptr=value_cache_head_ptr,
+            block_table_ptr=block_table_ptr, key_start=key_start, key_end=seq_len,
+            query_positions=None,  # below the diagonal: every row sees every key
+            stride_cache_block=stride_cache_block, stride_cache_slot=stride_cache_slot,
+            qk_scale=qk_scale, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            CAUSAL=False, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
         )  # fmt: skip
     for key_start in range(unmasked_end, keys_end, BLOCK_N):
         acc, row_max, row_sum = attend_tile(
-            q, acc, row_max, row_sum, key_cache_head_ptr, value_cache_head_ptr, block_table_ptr,
-            key_start, seq_len, query_positions, stride_cache_block, stride_cache_slot, qk_scale,
-            BLOCK_SIZE, BLOCK_N, HEAD_DIM, True, DOT_PRECISION, UPCAST_DOT,
+            q=q, acc=acc, row_max=row_max, row_sum=row_sum,
+            key_cache_ptr=key_cache_head_ptr, value_cache_ptr=value_cache_head_ptr,
+            block_table_ptr=block_table_ptr, key_start=key_start, key_end=seq_len,
+            query_positions=query_positions,
+            stride_cache_block=stride_cache_block, stride_cache_slot=stride_cache_slot,
+            qk_scale=qk_scale, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            CAUSAL=True, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
         )  # fmt: skip
 
     out = acc / tl.where(row_sum > 0.0, row_sum, 1.0)[:, None]
@@ -160,10 +168,13 @@ def prefill_attention(
     tokens_per_tile = block_m // group_pad
     grid = (num_seqs, triton.cdiv(max_query_len, tokens_per_tile), num_kv_heads)
     prefill_attention_kernel[grid](
-        query, key_cache, value_cache, out, query_start_loc, seq_lens, block_tables,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
-        scale * LOG2_E,
+        query_ptr=query, key_cache_ptr=key_cache, value_cache_ptr=value_cache, out_ptr=out,
+        query_start_loc_ptr=query_start_loc, seq_lens_ptr=seq_lens, block_tables_ptr=block_tables,
+        stride_query_token=query.stride(0), stride_query_head=query.stride(1),
+        stride_out_token=out.stride(0), stride_out_head=out.stride(1),
+        stride_cache_block=key_cache.stride(0), stride_cache_slot=key_cache.stride(1),
+        stride_cache_head=key_cache.stride(2), stride_block_tables_seq=block_tables.stride(0),
+        qk_scale=scale * LOG2_E,
         GROUP=group,
         GROUP_PAD=group_pad,
         BLOCK_M=block_m,

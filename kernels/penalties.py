@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.sampling import unpack_allowed_mask
+from kernels.sampling import unpack_token_mask
 
 
 @triton.jit
@@ -106,8 +106,11 @@ def apply_penalties(
         return
     block_v = min(2048, triton.next_power_of_2(vocab_size))
     penalties_kernel[(batch, triton.cdiv(vocab_size, block_v))](
-        logits, output_counts, prompt_mask, repetition_penalty, frequency_penalty, presence_penalty,
-        logits.stride(0), output_counts.stride(0), prompt_mask.stride(0), vocab_size,
+        logits_ptr=logits, output_counts_ptr=output_counts, prompt_mask_ptr=prompt_mask,
+        repetition_ptr=repetition_penalty, frequency_ptr=frequency_penalty,
+        presence_ptr=presence_penalty,
+        stride_logits_row=logits.stride(0), stride_counts_row=output_counts.stride(0),
+        stride_prompt_row=prompt_mask.stride(0), vocab_size=vocab_size,
         BLOCK_V=block_v, num_warps=4,
     )  # fmt: skip
 
@@ -127,8 +130,10 @@ def apply_logit_bias(
     if batch == 0 or token_ids.shape[1] == 0:
         return
     logit_bias_kernel[(batch,)](
-        logits, token_ids, biases, logits.stride(0), token_ids.stride(0), biases.stride(0),
-        token_ids.shape[1], logits.shape[1],
+        logits_ptr=logits, token_ids_ptr=token_ids, biases_ptr=biases,
+        stride_logits_row=logits.stride(0), stride_token_ids_row=token_ids.stride(0),
+        stride_biases_row=biases.stride(0), max_biases=token_ids.shape[1],
+        vocab_size=logits.shape[1],
         BLOCK_BIASES=triton.next_power_of_2(token_ids.shape[1]), num_warps=1,
     )  # fmt: skip
 
@@ -142,7 +147,7 @@ def apply_penalties_ref(
     presence_penalty: torch.Tensor,
 ) -> torch.Tensor:  # new [batch, vocab_size] float32
     """Reference (vLLM's formulas), out of place."""
-    seen = unpack_allowed_mask(prompt_mask, logits.shape[1]) | (output_counts > 0)
+    seen = unpack_token_mask(prompt_mask, logits.shape[1]) | (output_counts > 0)
     repetition = repetition_penalty[:, None]
     repeated = torch.where(logits > 0, logits / repetition, logits * repetition)
     out = torch.where(seen, repeated, logits)

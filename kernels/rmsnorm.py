@@ -20,10 +20,10 @@ import triton.language as tl
 @triton.jit
 def rms_norm_kernel(
     x_ptr,  # [num_tokens, hidden_size]
-    residual_ptr,  # [num_tokens, hidden_size], read only when HAS_RESIDUAL
+    residual_ptr,  # [num_tokens, hidden_size]; None unless HAS_RESIDUAL
     weight_ptr,  # [hidden_size]
     out_ptr,  # [num_tokens, hidden_size]
-    residual_out_ptr,  # [num_tokens, hidden_size], written only when HAS_RESIDUAL
+    residual_out_ptr,  # [num_tokens, hidden_size]; None unless HAS_RESIDUAL
     stride_x_token,
     stride_residual_token,
     stride_out_token,
@@ -81,17 +81,18 @@ def rms_norm(
         return out, residual_out
     block_hidden = triton.next_power_of_2(hidden_size)
     rms_norm_kernel[(num_tokens,)](
-        x,
-        x if residual is None else residual,
-        weight,
-        out,
-        residual_out,
-        x.stride(0),
-        x.stride(0) if residual is None else residual.stride(0),
-        out.stride(0),
-        residual_out.stride(0),
-        hidden_size,
-        eps,
+        x_ptr=x,
+        residual_ptr=residual,
+        weight_ptr=weight,
+        out_ptr=out,
+        # Without a residual, residual_out is x itself: nothing to write.
+        residual_out_ptr=residual_out if residual is not None else None,
+        stride_x_token=x.stride(0),
+        stride_residual_token=residual.stride(0) if residual is not None else 0,
+        stride_out_token=out.stride(0),
+        stride_residual_out_token=residual_out.stride(0) if residual is not None else 0,
+        hidden_size=hidden_size,
+        eps=eps,
         HAS_RESIDUAL=residual is not None,
         BLOCK_HIDDEN=block_hidden,
         num_warps=min(16, max(1, block_hidden // 256)),

@@ -74,14 +74,14 @@ def copy_heads(
 def rope_kernel(
     query_ptr,  # [num_tokens, num_heads, head_dim]
     key_ptr,  # [num_tokens, num_kv_heads, head_dim]
-    value_ptr,  # [num_tokens, num_kv_heads, head_dim], read only when WRITE_CACHE
+    value_ptr,  # [num_tokens, num_kv_heads, head_dim]; None unless WRITE_CACHE
     positions_ptr,  # [num_tokens] int64
     cos_sin_ptr,  # [max_positions, head_dim]: cos | sin
     query_out_ptr,  # [num_tokens, num_heads, head_dim]
-    key_out_ptr,  # [num_tokens, num_kv_heads, head_dim], written unless WRITE_CACHE
-    key_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim], when WRITE_CACHE
-    value_cache_ptr,  # same layout as key_cache
-    slot_mapping_ptr,  # [num_tokens] int64, when WRITE_CACHE
+    key_out_ptr,  # [num_tokens, num_kv_heads, head_dim]; None when WRITE_CACHE
+    key_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]; None unless WRITE_CACHE
+    value_cache_ptr,  # same layout as key_cache; None unless WRITE_CACHE
+    slot_mapping_ptr,  # [num_tokens] int64; None unless WRITE_CACHE
     stride_query_token,
     stride_query_head,
     stride_key_token,
@@ -113,9 +113,10 @@ def rope_kernel(
     cos = tl.load(row_ptr, mask=half_columns < half_dim, other=0.0).to(tl.float32)
     sin = tl.load(row_ptr + half_dim, mask=half_columns < half_dim, other=0.0).to(tl.float32)
     _rotate_heads(
-        query_ptr + token * stride_query_token, stride_query_head,
-        query_out_ptr + token * stride_query_out_token, stride_query_out_head,
-        num_heads, cos, sin, half_dim, BLOCK_HEADS_Q, BLOCK_HALF,
+        in_ptr=query_ptr + token * stride_query_token, stride_in_head=stride_query_head,
+        out_ptr=query_out_ptr + token * stride_query_out_token,
+        stride_out_head=stride_query_out_head, num_heads=num_heads, cos=cos, sin=sin,
+        half_dim=half_dim, BLOCK_HEADS=BLOCK_HEADS_Q, BLOCK_HALF=BLOCK_HALF,
     )  # fmt: skip
     if WRITE_CACHE:
         slot = tl.load(slot_mapping_ptr + token)
@@ -124,20 +125,23 @@ def rope_kernel(
                 slot % BLOCK_SIZE
             ) * stride_cache_slot
             _rotate_heads(
-                key_ptr + token * stride_key_token, stride_key_head,
-                key_cache_ptr + cache_offset, stride_cache_head,
-                num_kv_heads, cos, sin, half_dim, BLOCK_HEADS_KV, BLOCK_HALF,
+                in_ptr=key_ptr + token * stride_key_token, stride_in_head=stride_key_head,
+                out_ptr=key_cache_ptr + cache_offset, stride_out_head=stride_cache_head,
+                num_heads=num_kv_heads, cos=cos, sin=sin, half_dim=half_dim,
+                BLOCK_HEADS=BLOCK_HEADS_KV, BLOCK_HALF=BLOCK_HALF,
             )  # fmt: skip
             copy_heads(
-                value_ptr + token * stride_value_token, stride_value_head,
-                value_cache_ptr + cache_offset, stride_cache_head,
-                num_kv_heads, head_dim, BLOCK_HEADS_KV, 2 * BLOCK_HALF,
+                in_ptr=value_ptr + token * stride_value_token, stride_in_head=stride_value_head,
+                out_ptr=value_cache_ptr + cache_offset, stride_out_head=stride_cache_head,
+                num_heads=num_kv_heads, head_dim=head_dim,
+                BLOCK_HEADS=BLOCK_HEADS_KV, BLOCK_DIM=2 * BLOCK_HALF,
             )  # fmt: skip
     else:
         _rotate_heads(
-            key_ptr + token * stride_key_token, stride_key_head,
-            key_out_ptr + token * stride_key_out_token, stride_key_out_head,
-            num_kv_heads, cos, sin, half_dim, BLOCK_HEADS_KV, BLOCK_HALF,
+            in_ptr=key_ptr + token * stride_key_token, stride_in_head=stride_key_head,
+            out_ptr=key_out_ptr + token * stride_key_out_token, stride_out_head=stride_key_out_head,
+            num_heads=num_kv_heads, cos=cos, sin=sin, half_dim=half_dim,
+            BLOCK_HEADS=BLOCK_HEADS_KV, BLOCK_HALF=BLOCK_HALF,
         )  # fmt: skip
 
 
@@ -166,35 +170,45 @@ def _check_rope_inputs(
 def _launch(
     query: torch.Tensor,
     key: torch.Tensor,
-    value: torch.Tensor,
     positions: torch.Tensor,
     cos_sin_cache: torch.Tensor,
     query_out: torch.Tensor,
-    key_out: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    write_cache: bool,
+    key_out: torch.Tensor | None = None,  # `rope`: where the rotated key goes
+    value: torch.Tensor | None = None,  # `rope_and_write_kv`: this and the three below
+    key_cache: torch.Tensor | None = None,
+    value_cache: torch.Tensor | None = None,
+    slot_mapping: torch.Tensor | None = None,
 ) -> None:
+    """One program per token; with a key_cache the rotated key and the value go there."""
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = key.shape[1]
     if num_tokens == 0:
         return
     rope_kernel[(num_tokens,)](
-        query, key, value, positions, cos_sin_cache, query_out, key_out,
-        key_cache, value_cache, slot_mapping,
-        query.stride(0), query.stride(1), key.stride(0), key.stride(1),
-        value.stride(0), value.stride(1), cos_sin_cache.stride(0),
-        query_out.stride(0), query_out.stride(1), key_out.stride(0), key_out.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        num_heads, num_kv_heads, head_dim,
-        BLOCK_SIZE=key_cache.shape[1] if write_cache else 1,
-        WRITE_CACHE=write_cache,
+        query_ptr=query, key_ptr=key, value_ptr=value, positions_ptr=positions,
+        cos_sin_ptr=cos_sin_cache, query_out_ptr=query_out, key_out_ptr=key_out,
+        key_cache_ptr=key_cache, value_cache_ptr=value_cache, slot_mapping_ptr=slot_mapping,
+        stride_query_token=query.stride(0), stride_query_head=query.stride(1),
+        stride_key_token=key.stride(0), stride_key_head=key.stride(1),
+        stride_value_token=_stride(value, 0), stride_value_head=_stride(value, 1),
+        stride_cos_sin_position=cos_sin_cache.stride(0),
+        stride_query_out_token=query_out.stride(0), stride_query_out_head=query_out.stride(1),
+        stride_key_out_token=_stride(key_out, 0), stride_key_out_head=_stride(key_out, 1),
+        stride_cache_block=_stride(key_cache, 0), stride_cache_slot=_stride(key_cache, 1),
+        stride_cache_head=_stride(key_cache, 2),
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        BLOCK_SIZE=key_cache.shape[1] if key_cache is not None else 1,
+        WRITE_CACHE=key_cache is not None,
         BLOCK_HEADS_Q=triton.next_power_of_2(num_heads),
         BLOCK_HEADS_KV=triton.next_power_of_2(num_kv_heads),
         BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
         num_warps=4,
     )  # fmt: skip
+
+
+def _stride(tensor: torch.Tensor | None, dim: int) -> int:
+    """The stride of a tensor the kernel reads; 0 for one it does not get (None)."""
+    return tensor.stride(dim) if tensor is not None else 0
 
 
 def rope(
@@ -208,9 +222,8 @@ def rope(
     query_out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     key_out = torch.empty(key.shape, dtype=key.dtype, device=key.device)
     _launch(
-        query, key, key, positions, cos_sin_cache, query_out, key_out,
-        key_out.view(1, *key_out.shape), key_out.view(1, *key_out.shape), positions,
-        write_cache=False,
+        query=query, key=key, positions=positions, cos_sin_cache=cos_sin_cache,
+        query_out=query_out, key_out=key_out,
     )  # fmt: skip
     return query_out, key_out
 
@@ -242,8 +255,9 @@ def rope_and_write_kv(
         raise ValueError(f"slot_mapping must be [{key.shape[0]}], got {tuple(slot_mapping.shape)}")
     query_out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     _launch(
-        query, key, value, positions, cos_sin_cache, query_out, key,
-        key_cache, value_cache, slot_mapping, write_cache=True,
+        query=query, key=key, positions=positions, cos_sin_cache=cos_sin_cache,
+        query_out=query_out, value=value, key_cache=key_cache, value_cache=value_cache,
+        slot_mapping=slot_mapping,
     )  # fmt: skip
     return query_out
 

@@ -286,7 +286,7 @@ def sampling_probs_ref(
     divisor = torch.where(stochastic, temperature, torch.ones_like(temperature)).float()
     scaled = logits.float() / divisor[:, None]  # same float32 division as the kernel
     if allowed_mask is not None:
-        scaled = scaled.masked_fill(~unpack_allowed_mask(allowed_mask, vocab_size), float("-inf"))
+        scaled = scaled.masked_fill(~unpack_token_mask(allowed_mask, vocab_size), float("-inf"))
     sorted_values, _ = scaled.sort(dim=1, descending=True)  # [batch, vocab_size]
     num_allowed = (sorted_values > float("-inf")).sum(1)
     k = top_k.long()
@@ -334,17 +334,19 @@ def sample_ref(
     return (probs / noise).argmax(1)
 
 
-def pack_allowed_mask(allowed: torch.Tensor) -> torch.Tensor:
-    """[batch, vocab_size] bool -> [batch, cdiv(vocab_size, 32)] int32 bitmask."""
-    batch, vocab_size = allowed.shape
-    padded = torch.zeros((batch, triton.cdiv(vocab_size, 32) * 32), dtype=torch.int64, device=allowed.device)
-    padded[:, :vocab_size] = allowed.long()
-    bits = padded.view(batch, -1, 32) << torch.arange(32, device=allowed.device)
+def pack_token_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, vocab_size] bool -> [batch, cdiv(vocab_size, 32)] int32 bitmask: bit j of
+    word w = token 32 w + j. The layout of `sample`'s allowed mask and of
+    `kernels.penalties.apply_penalties`' prompt mask."""
+    batch, vocab_size = tokens.shape
+    padded = torch.zeros((batch, triton.cdiv(vocab_size, 32) * 32), dtype=torch.int64, device=tokens.device)
+    padded[:, :vocab_size] = tokens.long()
+    bits = padded.view(batch, -1, 32) << torch.arange(32, device=tokens.device)
     words = bits.sum(2)  # < 2**32
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
-def unpack_allowed_mask(allowed_mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def unpack_token_mask(mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[batch, cdiv(vocab_size, 32)] int32 bitmask -> [batch, vocab_size] bool."""
-    bits = (allowed_mask.long()[:, :, None] >> torch.arange(32, device=allowed_mask.device)) & 1
-    return bits.reshape(allowed_mask.shape[0], -1)[:, :vocab_size].bool()
+    bits = (mask.long()[:, :, None] >> torch.arange(32, device=mask.device)) & 1
+    return bits.reshape(mask.shape[0], -1)[:, :vocab_size].bool()

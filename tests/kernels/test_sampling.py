@@ -15,7 +15,7 @@ from kernels.penalties import (
     apply_penalties,
     apply_penalties_ref,
 )
-from kernels.sampling import pack_allowed_mask, sample, sampling_probs_ref, unpack_allowed_mask
+from kernels.sampling import pack_token_mask, sample, sampling_probs_ref, unpack_token_mask
 from tests.kernels.kernel_testing import assert_close, fresh_generator
 
 P_VALUE_FLOOR = 1e-4  # a correct sampler fails a chi-square test once in 10,000 runs
@@ -84,7 +84,7 @@ def mixed_rows(batch: int, vocab_size: int, device: torch.device, generator: tor
         top_k.int().to(device),
         top_p.float().to(device),
         min_p.float().to(device),
-        pack_allowed_mask(allowed).to(device),
+        pack_token_mask(allowed).to(device),
     )
 
 
@@ -100,7 +100,7 @@ def test_tokens_stay_in_the_kept_set_and_greedy_is_argmax(device: torch.device) 
     probs = sampling_probs_ref(logits, temperature, top_k, top_p, min_p, allowed)
     assert (probs.gather(1, token_ids[:, None]) > 0).all()
     greedy = temperature == 0
-    expected_greedy = logits.masked_fill(~unpack_allowed_mask(allowed, vocab_size), float("-inf")).argmax(1)
+    expected_greedy = logits.masked_fill(~unpack_token_mask(allowed, vocab_size), float("-inf")).argmax(1)
     assert torch.equal(token_ids[greedy], expected_greedy[greedy])
 
 
@@ -148,7 +148,7 @@ def test_penalties_and_logit_bias_match_reference(device: torch.device) -> None:
     batch, vocab_size = 3, 70
     logits = torch.randn(batch, vocab_size, generator=generator).to(device)
     counts = torch.randint(0, 3, (batch, vocab_size), generator=generator).int().to(device)
-    prompt = pack_allowed_mask(torch.rand(batch, vocab_size, generator=generator) < 0.2).to(device)
+    prompt = pack_token_mask(torch.rand(batch, vocab_size, generator=generator) < 0.2).to(device)
     repetition = torch.tensor([1.0, 1.3, 0.8], device=device)
     frequency = torch.tensor([0.0, 0.5, -0.2], device=device)
     presence = torch.tensor([0.7, 0.0, 0.1], device=device)
