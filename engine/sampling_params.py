@@ -23,7 +23,7 @@ class SamplingParams:
     min_tokens: int = 0
     # 0 = greedy; otherwise logits are divided by it before sampling.
     temperature: float = 1.0
-    # Nucleus sampling: keep the smallest set of tokens whose probability mass >= top_p.
+    # Nucleus sampling: keep the most likely tokens whose mass reaches top_p (ties kept).
     top_p: float = 1.0
     # Keep the tokens whose logit is at least the k-th largest (ties kept); 0 (or -1) = off.
     top_k: int = 0

@@ -33,7 +33,7 @@ def _seq(
     prompt = prompt if prompt is not None else [1, 4]
     return Sequence(
         seq_id=0,
-        request_id="r",
+        request_id=0,
         index=index,
         token_ids=prompt + (output or []),
         num_prompt_tokens=len(prompt),
