@@ -66,6 +66,7 @@ _ANNOTATIONS: dict[Kind, Any] = {
     Kind.TOKEN_IDS: list[int] | None,
     # JSON object keys are strings: the token id, as text
     Kind.BIAS: dict[str, float] | None,
+    Kind.STRUCTURED: dict[str, Any] | None,
 }
 
 

@@ -20,6 +20,12 @@ MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_LOGIT_BIAS = 100.0
+# What `structured_outputs` may constrain the output to (exactly one per request):
+#   json: a JSON schema (an object, or its JSON text); json_object: true, any JSON object;
+#   regex: a regular expression; choice: a list of strings, the output is one of them;
+#   grammar: an EBNF grammar (GBNF-style, as the grammar engine reads it);
+#   structural_tag: free text in which tagged parts follow their schemas (tool calls).
+STRUCTURED_OUTPUT_KINDS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 
 
 class Kind(enum.Enum):
@@ -29,6 +35,7 @@ class Kind(enum.Enum):
     STRINGS = "string or list of strings"
     TOKEN_IDS = "list of token ids"
     BIAS = "object of token id -> bias"
+    STRUCTURED = "object"
 
 
 class Exposure(enum.Enum):
@@ -99,6 +106,7 @@ SAMPLING_FIELDS: tuple[SamplingField, ...] = (
     SamplingField("logprobs", Kind.BOOL, False, "return each chosen token's logprob (of the raw model logits)", exposure=Exposure.MAPPED),
     SamplingField("top_logprobs", Kind.INT, 0, "and this many most likely alternatives; needs logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS, exposure=Exposure.MAPPED),
     SamplingField("skip_special_tokens", Kind.BOOL, True, "leave special tokens out of the text", exposure=Exposure.NONE),
+    SamplingField("structured_outputs", Kind.STRUCTURED, None, "constrain the output: `{\"<kind>\": spec}` with one kind of " + ", ".join(f"`{k}`" for k in STRUCTURED_OUTPUT_KINDS) + " (vLLM's spelling)"),
     SamplingField("truncate_prompt_tokens", Kind.INT, None, "keep only the prompt's last k tokens (after the chat template); -1 = the model's context length", minimum=-1),
 )  # fmt: skip
 
@@ -189,6 +197,44 @@ def _bias(spec: SamplingField, value: Any) -> dict[int, float]:
     return out
 
 
+def _structured(spec: SamplingField, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ContractError(
+            f"must be an object with one of {', '.join(STRUCTURED_OUTPUT_KINDS)}", spec.name
+        )
+    unknown = sorted(set(value) - set(STRUCTURED_OUTPUT_KINDS))
+    if unknown:
+        raise ContractError(
+            f"unknown key {unknown[0]!r}; one of {', '.join(STRUCTURED_OUTPUT_KINDS)}", spec.name
+        )
+    given = {key: item for key, item in value.items() if item is not None}
+    if len(given) != 1:
+        raise ContractError(
+            f"exactly one of {', '.join(STRUCTURED_OUTPUT_KINDS)} is required, got {sorted(given)}",
+            spec.name,
+        )
+    ((kind, item),) = given.items()
+    valid = {
+        "json": isinstance(item, (dict, str)) and bool(item),
+        "json_object": item is True,
+        "regex": isinstance(item, str) and bool(item),
+        "choice": isinstance(item, list) and bool(item) and all(isinstance(c, str) for c in item),
+        "grammar": isinstance(item, str) and bool(item.strip()),
+        "structural_tag": isinstance(item, dict) and bool(item),
+    }[kind]
+    if not valid:
+        what = {
+            "json": "a JSON schema (an object or its text)",
+            "json_object": "true",
+            "regex": "a non-empty string",
+            "choice": "a non-empty list of strings",
+            "grammar": "a non-empty EBNF grammar",
+            "structural_tag": "an object",
+        }[kind]
+        raise ContractError(f"{kind} must be {what}", spec.name)
+    return {kind: item}
+
+
 _COERCE = {
     Kind.INT: _int,
     Kind.FLOAT: _float,
@@ -196,4 +242,5 @@ _COERCE = {
     Kind.STRINGS: _strings,
     Kind.TOKEN_IDS: _token_ids,
     Kind.BIAS: _bias,
+    Kind.STRUCTURED: _structured,
 }

@@ -94,6 +94,8 @@ class LLMEngine:
             self.scheduler.check_fits(len(prompt_token_ids), max(max_tokens, 1))
         except RequestTooLargeError as error:
             raise ContractError(str(error), kind=ErrorKind.CONTEXT_LENGTH) from None
+        if request.params.structured_outputs is not None:
+            raise ContractError("this engine does not constrain outputs yet", "structured_outputs")
         vocab_size = self.config.model.vocab_size
         for token_id in request.params.logit_bias:
             if token_id >= vocab_size:

@@ -49,6 +49,8 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     skip_special_tokens: bool = True
+    # Constrain the output ({kind: spec}, one of contract.sampling.STRUCTURED_OUTPUT_KINDS).
+    structured_outputs: dict[str, Any] | None = None
     # Keep only the prompt's last k tokens; -1 = the context length; None = all of them.
     truncate_prompt_tokens: int | None = None
 

@@ -114,6 +114,8 @@ def _live_request(inputs: ModelRequest, sender: ResponseSender) -> LiveRequest:
     params = inputs.sampling_parameters or {}
     if params.get("n", 1) != 1:
         raise ContractError("the null model streams one choice; n must be 1", "n")
+    if params.get("structured_outputs") is not None:
+        raise ContractError("the null model's fixed text follows no grammar", "structured_outputs")
     return LiveRequest(
         sender=sender,
         stream=bool(inputs.stream),

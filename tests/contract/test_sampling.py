@@ -46,3 +46,15 @@ def test_every_default_is_within_its_own_limits() -> None:
     for spec in SAMPLING_FIELDS:
         if spec.default is not None:
             assert spec.check(spec.default) == spec.default, spec.name
+
+
+def test_structured_outputs_take_exactly_one_kind_of_constraint() -> None:
+    ok = {"json": {"type": "object"}, "regex": "[a-z]+", "choice": ["yes", "no"], "json_object": True}
+    for kind, spec in ok.items():
+        assert parse_sampling_parameters({"structured_outputs": {kind: spec, "grammar": None}}) == {
+            "structured_outputs": {kind: spec}
+        }
+    for bad in ({}, {"json": {}, "regex": "x"}, {"choice": []}, {"json_object": False}, {"sql": "x"}, "json"):
+        with pytest.raises(ContractError) as error:
+            parse_sampling_parameters({"structured_outputs": bad})
+        assert error.value.field == "structured_outputs"
