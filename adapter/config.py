@@ -1,22 +1,20 @@
 """Adapter configuration: one frozen dataclass, built once at the edge.
 
 Every field can come from a CLI flag (`adapter.cli`) or a `TRITIUM_*` environment
-variable (`AdapterConfig.from_env`); the two spellings mirror each other, e.g.
-`--max-body-bytes` and `TRITIUM_MAX_BODY_BYTES`.
+variable (`AdapterConfig.from_env`), read by `adapter.settings` (the mechanism
+`tritium serve` shares); the two spellings mirror each other, e.g. `--max-body-bytes`
+and `TRITIUM_MAX_BODY_BYTES`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+
+from adapter.settings import ENV_PREFIX, ConfigError, load
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-ENV_PREFIX = "TRITIUM_"
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the setting and what is allowed."""
+__all__ = ["ENV_PREFIX", "LOG_LEVELS", "AdapterConfig", "ConfigError"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,7 @@ class AdapterConfig:
         # Accept lists from callers, store tuples so the config stays hashable and frozen.
         for name in ("triton_urls", "api_keys", "cors_origins"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "log_level", self.log_level.lower())
         if not self.triton_urls:
             raise ConfigError("triton_urls: give at least one Triton gRPC endpoint (host:port)")
         for url in self.triton_urls:
@@ -86,41 +85,7 @@ class AdapterConfig:
         Lists (TRITIUM_TRITON_URLS, TRITIUM_API_KEYS, TRITIUM_CORS_ORIGINS) are
         comma-separated. An empty TRITIUM_MAX_TOKENS / TRITIUM_REQUEST_TIMEOUT_S = None.
         """
-        environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for config_field in fields(cls):
-            name = ENV_PREFIX + config_field.name.upper()
-            if name in environ:
-                values[config_field.name] = parse_value(config_field.name, environ[name])
-        return cls(**values)
-
-
-def parse_value(name: str, text: str) -> object:
-    """One setting from its text form (environment variable or CLI flag)."""
-    text = text.strip()
-    if name in ("triton_urls", "api_keys", "cors_origins"):
-        return tuple(item.strip() for item in text.split(",") if item.strip())
-    if name in ("max_body_bytes", "max_concurrent_requests", "max_n", "retry_after_s", "port"):
-        return _parse_int(name, text)
-    if name == "max_tokens":
-        return None if text in ("", "none") else _parse_int(name, text)
-    if name == "request_timeout_s":
-        if text in ("", "none"):
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"{name}: expected seconds (a number), got {text!r}") from None
-    if name == "log_level":
-        return text.lower()
-    return text
-
-
-def _parse_int(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
+        return load(cls, environ=environ)
 
 
 def _check_positive(name: str, value: int) -> None:

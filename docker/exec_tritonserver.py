@@ -1,10 +1,10 @@
 """Replace this process with tritonserver, run the way `tritium serve` runs it.
 
 The Triton image's entrypoint (entrypoint-triton.sh) ends here. Flags, the backend
-directory and the environment come from `tritium.tritonserver`, the code behind
-`tritium serve`; only the values below come from environment variables, each named
-after the `tritium serve` flag it mirrors. Unset variables keep `tritium serve`'s
-defaults. Extra arguments are passed on to tritonserver.
+directory and the environment come from `tritium.serve`, the code behind `tritium serve`;
+the values come from the same TRITIUM_* variables that `tritium serve` reads for its
+flags (`tritium serve --help` names them), through the same `adapter.settings`. Unset
+variables keep `tritium serve`'s defaults. Extra arguments are passed on to tritonserver.
 
     TRITONSERVER                 tritonserver binary (else /opt/tritonserver, else the wheel's)
     TRITIUM_MODEL_REPOSITORY     --model-repository    (default: model_repository)
@@ -13,6 +13,7 @@ defaults. Extra arguments are passed on to tritonserver.
     TRITIUM_GRPC_PORT            --grpc-port           (default: 8001)
     TRITIUM_METRICS_PORT         --metrics-port        (default: 8002)
     TRITIUM_TRITON_LOG_VERBOSE   --triton-log-verbose  (default: 0)
+    TRITIUM_TRITON_ARGS          --triton-arg          (words, as a shell splits them; before the arguments)
 """
 
 from __future__ import annotations
@@ -20,51 +21,22 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
-from pathlib import Path
+from dataclasses import replace
 
+from adapter.settings import load
 from tritium import tritonserver
-from tritium.cli import DEFAULT_MODEL_REPOSITORY
-
-# environment variable -> TritonServerOptions field (its `tritium serve` flag in the doc above)
-ENVIRONMENT = {
-    "TRITIUM_TRITON_HOST": "host",
-    "TRITIUM_HTTP_PORT": "http_port",
-    "TRITIUM_GRPC_PORT": "grpc_port",
-    "TRITIUM_METRICS_PORT": "metrics_port",
-    "TRITIUM_TRITON_LOG_VERBOSE": "log_verbose",
-}
-MODEL_REPOSITORY_VAR = "TRITIUM_MODEL_REPOSITORY"
+from tritium.serve import triton_options
+from tritium.serve_options import ServeOptions
 
 
 def options_from_environment(
     environ: Mapping[str, str], extra_args: Sequence[str] = ()
 ) -> tritonserver.TritonServerOptions:
     """TritonServerOptions from the variables above; ValueError names a bad one."""
-    types = {field.name: field.type for field in fields(tritonserver.TritonServerOptions)}
-    overrides: dict[str, object] = {}
-    for variable, name in ENVIRONMENT.items():
-        text = environ.get(variable, "").strip()
-        if not text:
-            continue
-        if types[name] in (int, "int"):
-            try:
-                overrides[name] = int(text)
-            except ValueError:
-                raise ValueError(f"{variable}: expected an integer, got {text!r}") from None
-        else:
-            overrides[name] = text
-    repository = environ.get(MODEL_REPOSITORY_VAR) or DEFAULT_MODEL_REPOSITORY
-    executable = tritonserver.find_tritonserver(None, environ)
-    return tritonserver.TritonServerOptions(
-        executable=executable,
-        model_repository=Path(repository).expanduser().resolve(),
-        backend_directory=tritonserver.prepare_backend_dir(executable),
-        # Unique per server: leftovers of a killed one can be found and removed.
-        shm_region_prefix=f"tritium_{os.getpid()}_",
-        extra_args=tuple(extra_args),
-        **overrides,  # type: ignore[arg-type]
-    )
+    options = load(ServeOptions, environ=environ)
+    options = replace(options, triton_args=(*options.triton_args, *extra_args))
+    # Unique per server: leftovers of a killed one can be found and removed.
+    return triton_options(options, shm_prefix=f"tritium_{os.getpid()}_", environ=environ)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -233,6 +233,22 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "num_threads": ("engine.num_threads", _int),
 }
 
+# config.pbtxt parameter -> what it means (`tritium serve MODEL --<parameter>` help text).
+PARAMETER_HELP: dict[str, str] = {
+    "kv_block_size": "tokens per KV block (a power of two; default 16)",
+    "kv_num_blocks": "exactly this many KV blocks (default: what --kv-cache-memory-mb holds)",
+    "kv_cache_memory_mb": "KV cache memory in MiB when --kv-num-blocks is not set (default 1024)",
+    "enable_prefix_caching": "reuse the KV blocks of identical prompt prefixes (default on)",
+    "max_num_seqs": "sequences in the running batch at most (default 64)",
+    "max_num_batched_tokens": "tokens computed per engine step, the chunked-prefill budget (default 512)",
+    "max_model_len": "prompt + output tokens per sequence (default: the model's context, at most 8192)",
+    "dtype": "auto, float32, bfloat16 or float16 (auto: bf16 on CUDA and CPUs with native bf16)",
+    "device": "auto, cpu or cuda (auto: cuda when available)",
+    "use_kernels": "auto, on or off: Triton kernels instead of torch ops (auto: on with CUDA)",
+    "num_threads": "torch intra-op threads on CPU (default 0: torch's choice)",
+}
+assert set(PARAMETER_HELP) == set(_PARAMETERS)
+
 assert {f.name for f in fields(CacheConfig)} >= {
     v[0].split(".")[1] for v in _PARAMETERS.values() if v[0].startswith("cache.")
 }

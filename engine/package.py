@@ -85,8 +85,12 @@ def package_model(
     force: bool = False,
     parameters: dict[str, str] | None = None,
     progress: bool = True,
+    rewrite_config: bool = False,
 ) -> Path:
-    """Write `<repository>/<name>/` for SOURCE; returns the model directory."""
+    """Write `<repository>/<name>/` for SOURCE; returns the model directory.
+
+    config.pbtxt is written when missing (an existing one may hold the user's edits),
+    or always with `force` or `rewrite_config` (`tritium serve MODEL` owns its copy)."""
     _check_name(name)
     source_path = resolve_source(source)
     model_dir = Path(repository).resolve() / name
@@ -96,18 +100,22 @@ def package_model(
     with _locked(model_dir / ".package.lock"):  # two packagers of one model wait for each other
         if force or not _is_current(weights_dir, fingerprint):
             _write_weights(source_path, weights_dir, fingerprint, progress)
-    model_config = ModelConfig.from_model_dir(weights_dir)
     config_path = model_dir / "config.pbtxt"
-    if force or not config_path.is_file():
-        # The context length defaults to what the model was trained for, at most 8192.
-        context = str(min(model_config.max_position_embeddings, 8192))
-        config_text = render_model_config(name, {"max_model_len": context, **(parameters or {})})
+    if force or rewrite_config or not config_path.is_file():
+        config_text = render_model_config(name, model_parameters(weights_dir, parameters or {}))
         config_path.write_text(config_text)
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     # The shim is generated: always refresh it so a package follows the installed engine.
     shutil.copyfile(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
     return model_dir
+
+
+def model_parameters(weights_dir: Path, parameters: dict[str, str]) -> dict[str, str]:
+    """The config.pbtxt parameters of a package: `parameters`, and the context length,
+    which defaults to what the model was trained for, at most 8192."""
+    context = min(ModelConfig.from_model_dir(weights_dir).max_position_embeddings, 8192)
+    return {"max_model_len": str(context), **parameters}
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from typing import Any, Protocol
 
 from contract.errors import ContractError, ErrorKind
@@ -65,10 +66,28 @@ class EngineService:
         gives every thread that runs a parallel op a team of worker threads of its own:
         loading on Triton's thread and stepping on this one left two teams on the CPU's
         cores, and every engine step was 20-35% slower (docs/benchmarks.md)."""
+        model, started = self._config.model, time.monotonic()
+        logger.info(
+            "loading %s (%d layers, hidden %d), dtype %s, device %s, max_model_len %d",
+            model.architecture,
+            model.num_layers,
+            model.hidden_size,
+            self._config.dtype,
+            self._config.device,
+            self._config.scheduler.max_model_len,
+        )
         self._thread.start()
         self._built.wait()
         if self._build_error is not None:
             raise self._build_error
+        cache = self.engine.config.cache
+        logger.info(
+            "ready in %.1f s: KV cache of %d blocks of %d tokens, up to %d sequences",
+            time.monotonic() - started,
+            cache.num_blocks,
+            cache.block_size,
+            self._config.scheduler.max_num_seqs,
+        )
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
         """Validate and tokenize now (raises ContractError), then queue for the engine thread."""

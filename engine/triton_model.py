@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ class TritonPythonModel(ContractModel):
         parameters = self.initialize_contract(args)
         weights_dir = Path(args["model_repository"]) / "weights"
         config = EngineConfig.from_parameters(weights_dir, parameters)
+        _log_engine_to_stderr(args["model_name"])
         self.metrics = EngineMetrics(_TritonMetricSink(args["model_name"]))
         self.service = EngineService(config, metrics=self.metrics)
         self.service.start()
@@ -61,6 +64,17 @@ class TritonSink:
             self.sender.send_unavailable(output.error)  # always the request's last output
         else:
             self.sender.send(output.choices, output.num_input_tokens, final=output.finished)
+
+
+def _log_engine_to_stderr(model_name: str) -> None:
+    """The `engine` loggers write to the stub's stderr, which is Triton's log, each line
+    starting `tritium-engine[<model>]: ` (tritium.progress shows the loading ones)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"tritium-engine[{model_name}]: %(message)s"))
+    engine_logger = logging.getLogger("engine")
+    engine_logger.handlers = [handler]
+    engine_logger.setLevel(logging.INFO)
+    engine_logger.propagate = False
 
 
 class _TritonMetricSink:

@@ -9,6 +9,8 @@ misshapen tensor is an error that names it.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +24,8 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # Checkpoint tensors that we recompute or do not use.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+logger = logging.getLogger(__name__)
 
 
 class WeightsError(ValueError):
@@ -58,10 +62,15 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
 
 
 def iterate_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    for path in files:
+    started = time.monotonic()
+    for number, path in enumerate(files, start=1):
+        # Loading progress, file by file (`tritium serve` shows these lines while it waits).
+        size_gb = path.stat().st_size / 1e9
+        logger.info("weights: file %d of %d, %s (%.2f GB)", number, len(files), path.name, size_gb)
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 yield name, handle.get_tensor(name)
+    logger.info("weights: loaded in %.1f s", time.monotonic() - started)
 
 
 @torch.inference_mode()

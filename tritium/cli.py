@@ -11,111 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import adapter.cli
+from tritium import __version__
 from tritium import chat as chat_client
-
-DEFAULT_MODEL_REPOSITORY = "model_repository"
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    add_triton_arguments(parser)
-    add_adapter_arguments(parser)
-    add_launcher_arguments(parser)
-
-
-def add_triton_arguments(parser: argparse.ArgumentParser) -> None:
-    triton = parser.add_argument_group("tritonserver")
-    triton.add_argument(
-        "--model-repository",
-        default=DEFAULT_MODEL_REPOSITORY,
-        help="Triton model repository to serve (default: ./%(default)s)",
-    )
-    triton.add_argument(
-        "--tritonserver",
-        metavar="PATH",
-        help="tritonserver binary (default: $TRITONSERVER, /opt/tritonserver/bin/tritonserver, "
-        "then the one in the nvidia-pytriton wheel)",
-    )
-    triton.add_argument(
-        "--triton-host",
-        default="127.0.0.1",
-        help="address Triton's HTTP, gRPC and metrics endpoints bind to (default: %(default)s)",
-    )
-    triton.add_argument(
-        "--http-port", type=int, default=8080, help="Triton HTTP port (default: %(default)s)"
-    )
-    triton.add_argument(
-        "--grpc-port", type=int, default=8001, help="Triton gRPC port (default: %(default)s)"
-    )
-    triton.add_argument(
-        "--metrics-port",
-        type=int,
-        default=8002,
-        help="Triton Prometheus metrics port (default: %(default)s)",
-    )
-    triton.add_argument(
-        "--triton-log-verbose",
-        type=int,
-        default=0,
-        metavar="LEVEL",
-        help="Triton --log-verbose level (default: 0)",
-    )
-    triton.add_argument(
-        "--triton-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra tritonserver argument, e.g. --triton-arg=--log-info=false (repeatable)",
-    )
-
-
-def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
-    address = parser.add_argument_group("OpenAI API address")
-    address.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address the OpenAI API binds to (default: %(default)s)",
-    )
-    address.add_argument(
-        "--port", type=int, default=8000, help="port of the OpenAI API (default: %(default)s)"
-    )
-    # The adapter's own flags (--api-key, --cors-origin, limits, ...), forwarded as given.
-    # --triton-url adds endpoints after the tritonserver started here.
-    adapter.cli.add_arguments(parser, bind=False)
-
-
-def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
-    launcher = parser.add_argument_group("launcher")
-    launcher.add_argument(
-        "--log-dir",
-        metavar="DIR",
-        help="where tritonserver.log and adapter.log go "
-        "(default: $XDG_STATE_HOME/tritium/logs/<time>-<pid>)",
-    )
-    launcher.add_argument(
-        "--startup-timeout",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="how long Triton (and then the adapter) may take to become ready (default: %(default)g)",
-    )
-    launcher.add_argument(
-        "--max-triton-restarts",
-        type=int,
-        default=3,
-        metavar="N",
-        help="restart Triton in place at most N times in all when it exits, a model's backend "
-        "dies or Triton stays unready; one more failure and serve exits non-zero "
-        "(default: %(default)d)",
-    )
-    launcher.add_argument(
-        "--unready-grace",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long a running Triton may report unready before it is restarted "
-        "(default: %(default)g)",
-    )
+from tritium.serve_options import DEFAULT_MODEL_REPOSITORY, add_serve_arguments
 
 
 def add_package_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,13 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tritium",
         description="OpenAI-compatible LLM serving on NVIDIA Triton Inference Server.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = subcommands.add_parser(
         "serve",
-        help="start tritonserver and the OpenAI API in front of it",
-        description="Start tritonserver on a model repository, then the OpenAI-compatible "
-        "adapter, and supervise both until Ctrl-C or SIGTERM.",
+        help="serve a model (or a model repository) through the OpenAI API",
+        description="Serve MODEL (a Hugging Face directory, a .gguf file or `default`), or a "
+        "Triton model repository: start tritonserver, then the OpenAI-compatible adapter, and "
+        "supervise both until Ctrl-C or SIGTERM. Every flag also reads the TRITIUM_* variable "
+        "named in its help; flags win over variables.",
     )
     add_serve_arguments(serve)
     serve.set_defaults(handler=run_serve)

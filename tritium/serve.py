@@ -12,6 +12,7 @@ exit 0. The children are held by name in a `Stack`, whose `stop` sets the stop o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -22,13 +23,13 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from tritium import tritonserver
+from tritium import model_cache, tritonserver
 from tritium.process import (
     ChildProcess,
     describe_exit,
@@ -36,6 +37,7 @@ from tritium.process import (
     stop_child,
     wait_until,
 )
+from tritium.progress import LoadingReport
 from tritium.serve_options import (
     ServeOptions,
     adapter_command,
@@ -61,8 +63,11 @@ def shm_region_prefix() -> str:
     return f"tritium_{os.getpid()}_"
 
 
-def triton_options(options: ServeOptions, shm_prefix: str) -> tritonserver.TritonServerOptions:
-    executable = tritonserver.find_tritonserver(options.tritonserver)
+def triton_options(
+    options: ServeOptions, shm_prefix: str, environ: Mapping[str, str] | None = None
+) -> tritonserver.TritonServerOptions:
+    assert options.model_repository is not None, "prepare_model() chose the repository"
+    executable = tritonserver.find_tritonserver(options.tritonserver, environ)
     return tritonserver.TritonServerOptions(
         executable=executable,
         model_repository=options.model_repository,
@@ -82,7 +87,33 @@ def triton_http_url(options: ServeOptions) -> str:
     return f"http://{tritonserver.connect_host(options.triton_host)}:{options.http_port}"
 
 
+def prepare_model(options: ServeOptions, cache_dir: Path | None = None) -> ServeOptions:
+    """For `tritium serve MODEL`: package MODEL into its cache repository (reused while
+    it is unchanged) and return the options with that repository; else `options`."""
+    if options.model is None:
+        return options
+    name = options.served_model_name or model_cache.default_served_name(options.model)
+    say(f"packaging {options.model} as {name}")
+    started = time.monotonic()
+    try:
+        repository = model_cache.prepare_repository(
+            options.model,
+            name,
+            dict(options.engine_parameters),
+            cache_dir or tritonserver.default_cache_dir(),
+        )
+    except ImportError as error:
+        raise LaunchError(
+            f"serving MODEL needs the engine extras ({error}): pip install 'tritium[engine]'"
+        ) from None
+    except ValueError as error:  # a source or an engine parameter that cannot work
+        raise LaunchError(str(error)) from None
+    say(f"{name} is ready to load from {repository / name} ({time.monotonic() - started:.1f} s)")
+    return dataclasses.replace(options, model_repository=repository)
+
+
 def start_triton(options: ServeOptions, log_dir: Path, shm_prefix: str) -> ChildProcess:
+    assert options.model_repository is not None, "prepare_model() chose the repository"
     if not options.model_repository.is_dir():
         raise LaunchError(
             f"model repository {options.model_repository} does not exist; create one with "
@@ -255,11 +286,18 @@ class TritonKeeper:
         say(f"starting tritonserver (log: {triton.log_path})")
         started = time.monotonic()
         http_url = triton_http_url(self.options)
+        report = LoadingReport(triton.log_path, say)
 
         def is_ready() -> bool:
             return is_triton_ready(http_url)
 
-        wait_ready(triton, is_ready, self.options.startup_timeout_seconds, self.stop_event)
+        def is_ready_reporting() -> bool:
+            report.poll()  # the console shows model loading as it goes
+            return is_ready()
+
+        wait_ready(
+            triton, is_ready_reporting, self.options.startup_timeout_seconds, self.stop_event
+        )
         self.watch = TritonWatch(triton, is_ready, self.options.unready_grace_seconds)
         if not self.stop_event.is_set():
             say(f"tritonserver ready in {time.monotonic() - started:.1f} s")
@@ -334,11 +372,13 @@ def run(options: ServeOptions, stop_event: threading.Event) -> int:
     stack = Stack(shm_prefix=shm_region_prefix())
     try:
         check_ports_free(options)
+        options = prepare_model(options)
         keeper = TritonKeeper(options, log_dir, stack, stop_event)
         keeper.start()
         if not stop_event.is_set():
             launch_adapter(options, log_dir, stack, stop_event)
         if not stop_event.is_set():
+            assert options.model_repository is not None
             model_names = served_model_names(triton_http_url(options), options.model_repository)
             print(usage_banner(options, model_names), flush=True)
             supervise(stack, keeper, stop_event)

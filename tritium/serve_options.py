@@ -1,55 +1,87 @@
-"""What `tritium serve` runs, decided from its flags before anything starts."""
+"""What `tritium serve` runs, decided from its flags and TRITIUM_* variables before anything starts.
+
+Every flag of `tritium serve` also reads a variable (`--port` / `TRITIUM_PORT`, ...;
+`--help` names each), through `adapter.settings`, the mechanism the adapter uses for
+its own flags: defaults < variables < flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import adapter.cli
+from adapter.settings import ConfigError, load, with_env
+from engine.config import PARAMETER_HELP
 from tritium import tritonserver
 
 API_KEYS_ENV_VAR = "TRITIUM_API_KEYS"
+DEFAULT_MODEL_REPOSITORY = "model_repository"
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Everything `tritium serve` needs, built once from the command line."""
+    """Everything `tritium serve` needs, built once from the command line and the environment."""
 
-    model_repository: Path
+    # What to serve: a Hugging Face model directory, a .gguf file or `default`, packaged
+    # into a repository of its own in the cache (tritium.model_cache); or else...
+    model: str | None = None
+    # ...a Triton model repository served as it is (default ./model_repository).
+    model_repository: Path | None = None
+    # The OpenAI model id of `model` (default: from its file or directory name).
+    served_model_name: str | None = None
+    # config.pbtxt parameters for `model` (engine.config's table), as given.
+    engine_parameters: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata={"env": None},  # read by `EngineParameters` one by one
+    )
     tritonserver: str | None = None
     triton_host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 8001
     metrics_port: int = 8002
     triton_log_verbose: int = 0
-    triton_args: tuple[str, ...] = ()
+    triton_args: tuple[str, ...] = field(default=(), metadata={"shell_words": True})
     # The adapter (OpenAI API) binds here.
     host: str = "127.0.0.1"
     port: int = 8000
     # Handed to the adapter through TRITIUM_API_KEYS, not argv, which `ps` shows; kept
     # out of repr so that printing or logging the options cannot leak them.
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # TRITIUM_API_KEYS is read by the adapter itself (it inherits the environment), so
+    # that keys from it are never printed in the banner's example.
+    api_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"env": None})
     # More Triton gRPC endpoints for the adapter, after the one started here.
-    extra_triton_urls: tuple[str, ...] = ()
-    # The adapter's other flags as given to `tritium serve` (--cors-origin, --max-n, ...).
-    adapter_flags: tuple[str, ...] = ()
+    extra_triton_urls: tuple[str, ...] = field(default=(), metadata={"env": "TRITIUM_TRITON_URLS"})
+    # The adapter's other flags as given to `tritium serve` (--cors-origin, --max-n, ...);
+    # their variables reach the adapter through the environment it inherits.
+    adapter_flags: tuple[str, ...] = field(default=(), metadata={"env": None})
     log_dir: Path | None = None
-    startup_timeout_seconds: float = 300.0
+    startup_timeout_seconds: float = field(
+        default=300.0, metadata={"env": "TRITIUM_STARTUP_TIMEOUT"}
+    )
     # Time each child gets between SIGTERM and SIGKILL; Triton is told to finish
     # in-flight requests a little sooner (see triton_exit_timeout_seconds).
-    stop_grace_seconds: float = 40.0
+    stop_grace_seconds: float = field(default=40.0, metadata={"env": None})
     # Restarts of a tritonserver that exited or cannot serve (a dead Python-backend stub,
     # unready past `unready_grace_seconds`); one more failure and serve exits non-zero.
     max_triton_restarts: int = 3
-    unready_grace_seconds: float = 10.0
+    unready_grace_seconds: float = field(default=10.0, metadata={"env": "TRITIUM_UNREADY_GRACE"})
     # `python -m <adapter_module>`; tests put a stand-in here.
-    adapter_module: str = "adapter"
+    adapter_module: str = field(default="adapter", metadata={"env": None})
 
     def __post_init__(self) -> None:
+        if self.model_repository is not None:
+            repository = Path(self.model_repository).expanduser().resolve()
+            object.__setattr__(self, "model_repository", repository)
+        elif self.model is None:
+            repository = Path(DEFAULT_MODEL_REPOSITORY).resolve()
+            object.__setattr__(self, "model_repository", repository)
         ports = {
             "--http-port": self.http_port,
             "--grpc-port": self.grpc_port,
@@ -75,26 +107,210 @@ class ServeOptions:
         return max(1, int(self.stop_grace_seconds) - 10)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ServeOptions:
-        return cls(
-            model_repository=Path(args.model_repository).expanduser().resolve(),
-            tritonserver=args.tritonserver,
-            triton_host=args.triton_host,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            triton_log_verbose=args.triton_log_verbose,
-            triton_args=tuple(args.triton_arg),
-            host=args.host,
-            port=args.port,
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> ServeOptions:
+        """Defaults, then TRITIUM_* variables of `environ` (default: the process's), then
+        the flags that were given. ValueError names a bad value."""
+        flags = {
+            "model": args.model,
+            "model_repository": args.model_repository,
+            "served_model_name": args.served_model_name,
+            "tritonserver": args.tritonserver,
+            "triton_host": args.triton_host,
+            "http_port": args.http_port,
+            "grpc_port": args.grpc_port,
+            "metrics_port": args.metrics_port,
+            "triton_log_verbose": args.triton_log_verbose,
+            "triton_args": args.triton_arg,
+            "host": args.host,
+            "port": args.port,
+            "extra_triton_urls": args.triton_url,
+            "log_dir": args.log_dir,
+            "startup_timeout_seconds": args.startup_timeout,
+            "max_triton_restarts": args.max_triton_restarts,
+            "unready_grace_seconds": args.unready_grace,
+        }
+        engine_flags = {name: _as_text(getattr(args, name)) for name in PARAMETER_HELP}
+        engine = load(EngineParameters, engine_flags, environ)
+        given = tuple((name, value) for name, value in vars(engine).items() if value is not None)
+        options = load(
+            cls,
+            flags,
+            environ,
+            engine_parameters=given,
             api_keys=tuple(args.api_key or ()),
-            extra_triton_urls=tuple(args.triton_url or ()),
             adapter_flags=forwarded_adapter_flags(args),
-            log_dir=Path(args.log_dir).expanduser() if args.log_dir else None,
-            startup_timeout_seconds=args.startup_timeout,
-            max_triton_restarts=args.max_triton_restarts,
-            unready_grace_seconds=args.unready_grace,
         )
+        _check_model_flags(options)
+        return options
+
+
+def _check_model_flags(options: ServeOptions) -> None:
+    """MODEL's flags go with MODEL; a repository is served as it is."""
+    if options.model is None:
+        given = ["--served-model-name"] if options.served_model_name else []
+        given += [f"--{name.replace('_', '-')}" for name, _ in options.engine_parameters]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to MODEL (tritium serve ./my-model ...); for a model "
+                "repository, set them in each model's config.pbtxt"
+            )
+    elif options.model_repository is not None:
+        raise ValueError(
+            f"give MODEL ({options.model}) or --model-repository ({options.model_repository}), "
+            "not both"
+        )
+
+
+# config.pbtxt parameters, each a setting (`--max-num-seqs` / TRITIUM_MAX_NUM_SEQS); kept as
+# text: the engine's own parser (engine.config) checks them once the model is packaged.
+EngineParameters = dataclasses.make_dataclass(
+    "EngineParameters",
+    [(name, str | None, field(default=None)) for name in PARAMETER_HELP],
+    frozen=True,
+)
+
+
+def _as_text(value: object) -> object:
+    """A config.pbtxt value from a flag (--no-enable-prefix-caching gives False)."""
+    return str(value).lower() if isinstance(value, bool) else value
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_triton_arguments(parser)
+    add_adapter_arguments(parser)
+    add_launcher_arguments(parser)
+
+
+def _help(text: str, name: str) -> str:
+    return with_env(text, ServeOptions, name)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help=_help(
+            "a Hugging Face model directory, a .gguf file or `default` (SmolLM2-135M-Instruct): "
+            "packaged into the cache (reused while the source is unchanged) and served",
+            "model",
+        ),
+    )
+    model = parser.add_argument_group("MODEL and its engine (written into its config.pbtxt)")
+    model.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help=_help(
+            "the model id of the API (default: MODEL's file or directory name)", "served_model_name"
+        ),
+    )
+    for name, text in PARAMETER_HELP.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = with_env(text, EngineParameters, name)
+        if name == "enable_prefix_caching":
+            model.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            model.add_argument(flag, metavar=name.split("_")[-1].upper(), help=help_text)
+
+
+def add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+    triton = parser.add_argument_group("tritonserver")
+    triton.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help=_help(
+            f"Triton model repository to serve as it is, instead of MODEL (default: ./{DEFAULT_MODEL_REPOSITORY})",
+            "model_repository",
+        ),
+    )
+    triton.add_argument(
+        "--tritonserver",
+        metavar="PATH",
+        help=_help(
+            "tritonserver binary (default: $TRITONSERVER, /opt/tritonserver/bin/tritonserver, "
+            "then the one in the nvidia-pytriton wheel)",
+            "tritonserver",
+        ),
+    )
+    triton.add_argument(
+        "--triton-host",
+        help=_help(
+            "address Triton's HTTP, gRPC and metrics endpoints bind to (default: 127.0.0.1)",
+            "triton_host",
+        ),
+    )
+    triton.add_argument("--http-port", help=_help("Triton HTTP port (default: 8080)", "http_port"))
+    triton.add_argument("--grpc-port", help=_help("Triton gRPC port (default: 8001)", "grpc_port"))
+    triton.add_argument(
+        "--metrics-port",
+        help=_help("Triton Prometheus metrics port (default: 8002)", "metrics_port"),
+    )
+    triton.add_argument(
+        "--triton-log-verbose",
+        metavar="LEVEL",
+        help=_help("Triton --log-verbose level (default: 0)", "triton_log_verbose"),
+    )
+    triton.add_argument(
+        "--triton-arg",
+        action="append",
+        metavar="ARG",
+        help=_help(
+            "extra tritonserver argument, e.g. --triton-arg=--log-info=false (repeatable)",
+            "triton_args",
+        ),
+    )
+
+
+def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
+    address = parser.add_argument_group("OpenAI API address")
+    address.add_argument(
+        "--host", help=_help("address the OpenAI API binds to (default: 127.0.0.1)", "host")
+    )
+    address.add_argument("--port", help=_help("port of the OpenAI API (default: 8000)", "port"))
+    # The adapter's own flags (--api-key, --cors-origin, limits, ...), forwarded as given.
+    # --triton-url adds endpoints after the tritonserver started here.
+    adapter.cli.add_arguments(parser, bind=False)
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    launcher = parser.add_argument_group("launcher")
+    launcher.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help=_help(
+            "where tritonserver.log and adapter.log go "
+            "(default: $XDG_STATE_HOME/tritium/logs/<time>-<pid>)",
+            "log_dir",
+        ),
+    )
+    launcher.add_argument(
+        "--startup-timeout",
+        metavar="SECONDS",
+        help=_help(
+            "how long Triton (and then the adapter) may take to become ready (default: 300)",
+            "startup_timeout_seconds",
+        ),
+    )
+    launcher.add_argument(
+        "--max-triton-restarts",
+        metavar="N",
+        help=_help(
+            "restart Triton in place at most N times in all when it exits, a model's backend "
+            "dies or Triton stays unready; one more failure and serve exits non-zero (default: 3)",
+            "max_triton_restarts",
+        ),
+    )
+    launcher.add_argument(
+        "--unready-grace",
+        metavar="SECONDS",
+        help=_help(
+            "how long a running Triton may report unready before it is restarted (default: 10)",
+            "unready_grace_seconds",
+        ),
+    )
 
 
 def default_log_dir() -> Path:
@@ -151,3 +367,6 @@ def example_api_key(options: ServeOptions) -> str | None:
     if os.environ.get(API_KEYS_ENV_VAR, "").strip(","):
         return f"<a key from ${API_KEYS_ENV_VAR}>"
     return None
+
+
+__all__ = ["ConfigError", "ServeOptions", "add_serve_arguments"]

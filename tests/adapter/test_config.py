@@ -76,3 +76,44 @@ def test_bad_values_name_the_setting(changes: dict[str, object]) -> None:
 def test_bad_env_value_names_the_setting() -> None:
     with pytest.raises(ConfigError, match="max_n"):
         AdapterConfig.from_env({"TRITIUM_MAX_N": "many"})
+
+
+def test_the_adapter_process_listens_where_the_variables_say(tmp_path) -> None:  # noqa: ANN001
+    """`python -m adapter` with TRITIUM_HOST/TRITIUM_PORT only (no flags): the images run
+    it so, and `tritium serve` hands its own --host/--port on the same way."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {
+        **os.environ,
+        "TRITIUM_HOST": "127.0.0.1",
+        "TRITIUM_PORT": str(port),
+        "TRITIUM_TRITON_URLS": "127.0.0.1:1",  # nothing there: /health needs no Triton
+    }
+    log = tmp_path / "adapter.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "adapter"], env=environment, stdout=output, stderr=output
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(10)

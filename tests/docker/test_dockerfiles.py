@@ -10,10 +10,11 @@ from dataclasses import fields
 import pytest
 
 import adapter.cli
-import tritium.cli
 from adapter.config import ENV_PREFIX, AdapterConfig
+from adapter.settings import env_vars
 from tests.conftest import REPO_ROOT
 from tests.docker.deploy_files import DOCKER_DIR, IMAGE_ROOT, Dockerfile
+from tritium.serve_options import ServeOptions
 from tritium.tritonserver import TritonServerOptions
 
 # NGC release -> the Triton version inside it (NVIDIA's support matrix).
@@ -44,8 +45,7 @@ def triton_defaults() -> dict[str, object]:
 
 
 def serve_defaults() -> dict[str, object]:
-    parser = tritium.cli.build_parser()
-    return vars(parser.parse_args(["serve"]))
+    return {f.name: f.default for f in fields(ServeOptions)}
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -133,6 +133,9 @@ def test_triton_image_ports_and_variables_match_tritium_serve() -> None:
     assert env["TRITIUM_TRITON_HOST"] == "0.0.0.0"  # reachable from outside the container
     assert env["TRITONSERVER"] == "/opt/tritonserver/bin/tritonserver"
     assert env["TRITIUM_MODEL_REPOSITORY"] == "/models"
+    # Each is a variable `tritium serve` reads for one of its flags (tritium serve --help).
+    serve_variables = set(env_vars(ServeOptions).values())
+    assert {v for v in env if v.startswith(ENV_PREFIX)} <= serve_variables
 
 
 def test_adapter_image_variables_are_adapter_settings() -> None:

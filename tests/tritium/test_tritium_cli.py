@@ -16,8 +16,9 @@ from tritium.serve import run, serve, usage_banner
 from tritium.serve_options import ServeOptions, adapter_command, adapter_environment
 
 
-def parse_serve(*flags: str) -> ServeOptions:
-    return ServeOptions.from_args(build_parser().parse_args(["serve", *flags]))
+def parse_serve(*flags: str, environ: dict[str, str] | None = None) -> ServeOptions:
+    args = build_parser().parse_args(["serve", *flags])
+    return ServeOptions.from_args(args, environ={} if environ is None else environ)
 
 
 def test_serve_defaults_keep_triton_on_loopback_and_off_the_adapter_port() -> None:
@@ -152,7 +153,9 @@ def test_help_and_serve_never_import_torch() -> None:
         "from tritium.cli import build_parser\n"
         "import tritium.serve\n"
         "build_parser().parse_args(['serve'])\n"
-        "assert 'torch' not in sys.modules and 'engine' not in sys.modules, 'heavy import'\n"
+        "engine = {name for name in sys.modules if name.split('.')[0] == 'engine'}\n"
+        # engine.config (pure Python) holds the table of engine parameters that are flags.
+        "assert 'torch' not in sys.modules and engine <= {'engine', 'engine.config'}, engine\n"
     )
     subprocess.run([sys.executable, "-c", check], check=True)
     for command in (["--help"], ["serve", "--help"], ["package", "--help"]):
@@ -222,3 +225,60 @@ def test_package_without_the_engine_says_what_to_install(
         main(["package", "default", "--name", "smollm2"])
     assert caught.value.code == 1
     assert "pip install -e '.[engine]'" in capsys.readouterr().err
+
+
+def test_variables_set_what_flags_leave_unset() -> None:
+    environ = {"TRITIUM_PORT": "9123", "TRITIUM_HOST": "0.0.0.0", "TRITIUM_GRPC_PORT": "9001"}
+    options = parse_serve(environ=environ)
+    assert (options.host, options.port, options.grpc_port) == ("0.0.0.0", 9123, 9001)
+    # The adapter that serve starts listens where the variables say.
+    assert adapter_command(options)[3:7] == ["--host", "0.0.0.0", "--port", "9123"]
+    assert parse_serve("--port=9200", environ=environ).port == 9200  # a flag wins
+
+
+def test_every_serve_flag_names_its_variable_in_help() -> None:
+    parser = build_parser()
+    serve_parser = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    for action in serve_parser._actions:
+        if action.dest != "help":
+            assert "[env: TRITIUM_" in (action.help or ""), action.option_strings or action.dest
+    help_text = serve_parser.format_help()
+    assert "TRITIUM_PORT" in help_text and "TRITIUM_MAX_NUM_SEQS" in help_text
+
+
+def test_a_bad_variable_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="TRITIUM_PORT"):
+        parse_serve(environ={"TRITIUM_PORT": "eighty"})
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from tritium import __version__
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tritium {__version__}"
+
+
+def test_serve_model_takes_engine_parameters_from_flags_and_variables(tmp_path: Path) -> None:
+    options = parse_serve(
+        str(tmp_path),
+        "--served-model-name=mine",
+        "--max-num-seqs=8",
+        "--no-enable-prefix-caching",
+        environ={"TRITIUM_DTYPE": "float32", "TRITIUM_MAX_NUM_SEQS": "2"},
+    )
+    assert options.model == str(tmp_path) and options.model_repository is None
+    assert options.served_model_name == "mine"
+    assert dict(options.engine_parameters) == {
+        "max_num_seqs": "8",
+        "enable_prefix_caching": "false",
+        "dtype": "float32",
+    }
+
+
+def test_model_and_repository_exclude_each_other(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        parse_serve(str(tmp_path), f"--model-repository={tmp_path}")
+    with pytest.raises(ValueError, match="--max-num-seqs apply to MODEL"):
+        parse_serve(f"--model-repository={tmp_path}", "--max-num-seqs=4")
