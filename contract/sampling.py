@@ -24,7 +24,10 @@ MAX_LOGIT_BIAS = 100.0
 #   json: a JSON schema (an object, or its JSON text); json_object: true, any JSON object;
 #   regex: a regular expression; choice: a list of strings, the output is one of them;
 #   grammar: an EBNF grammar (GBNF-style, as the grammar engine reads it);
-#   structural_tag: free text in which tagged parts follow their schemas (tool calls).
+#   structural_tag: a structural tag, as the grammar engine (xgrammar) spells it:
+#     {"type": "structural_tag", "format": {...}}, formats such as const_string,
+#     json_schema, sequence, or, triggered_tags (text in which tagged parts follow their
+#     schemas: how tool calls are constrained).
 STRUCTURED_OUTPUT_KINDS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 
 
