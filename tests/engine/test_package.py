@@ -65,7 +65,7 @@ def test_missing_files_are_named(hf_dir: Path, tmp_path: Path, remove: str, mess
     (hf_dir / remove).unlink()
     with pytest.raises(PackageError, match=message):
         package_model(str(hf_dir), "tiny", tmp_path / "repo")
-    assert not (tmp_path / "repo" / "tiny" / "weights").exists()  # nothing half-written
+    assert not (tmp_path / "repo" / "tiny").exists()  # nothing half-written
 
 
 def test_unsupported_architecture_is_refused(hf_dir: Path, tmp_path: Path) -> None:
@@ -74,6 +74,27 @@ def test_unsupported_architecture_is_refused(hf_dir: Path, tmp_path: Path) -> No
     (hf_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(PackageError, match="unsupported architecture.*GPT2LMHeadModel"):
         package_model(str(hf_dir), "tiny", tmp_path / "repo")
+    # Nothing is left for tritonserver to trip over ("Could not determine backend").
+    assert not (tmp_path / "repo" / "tiny").exists()
+
+
+def test_a_failed_packaging_leaves_the_repository_as_it_was(
+    hf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository = tmp_path / "repo"
+    model_dir = package_model(str(hf_dir), "tiny", repository)
+    before = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*"))
+
+    def fail(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("engine.package._copy_hf_dir", fail)
+    with pytest.raises(OSError, match="disk full"):
+        package_model(str(hf_dir), "tiny", repository, force=True)  # an existing model
+    assert sorted(p.relative_to(model_dir) for p in model_dir.rglob("*")) == before
+    with pytest.raises(OSError, match="disk full"):
+        package_model(str(hf_dir), "other", repository)  # a new one
+    assert sorted(p.name for p in repository.iterdir()) == ["tiny"]
 
 
 def test_bad_sources_and_names(tmp_path: Path) -> None:
