@@ -73,6 +73,9 @@ class ModelRequest:
     messages: list[dict[str, Any]] | None = _input(
         "BYTES", (1,), 'chat messages as a JSON list of `{"role", "content", "name"?}`; the model applies its chat template'
     )  # fmt: skip
+    tools: list[dict[str, Any]] | None = _input(
+        "BYTES", (1,), 'with `messages`: OpenAI function tools as a JSON list, rendered by the chat template (or the generic tool prompt)'
+    )  # fmt: skip
     input_ids: list[int] | None = _input(
         "INT64", (-1,), "a prompt as token ids, used as they are (each checked against the vocabulary)"
     )  # fmt: skip
@@ -117,7 +120,7 @@ INPUTS: tuple[TensorSpec, ...] = tuple(
     for f in fields(ModelRequest)
 )
 _DEFAULTS = {f.name: f.metadata["default"] for f in fields(ModelRequest)}
-_JSON_INPUTS = ("messages", "sampling_parameters")
+_JSON_INPUTS = ("messages", "tools", "sampling_parameters")
 PROMPT_INPUTS = ("text_input", "messages", "input_ids")
 
 OUTPUTS: tuple[TensorSpec, ...] = (
@@ -185,6 +188,8 @@ def decode_request(read: Callable[[str], np.ndarray | None]) -> ModelRequest:
         not isinstance(values["messages"], list) or not values["messages"]
     ):
         raise ContractError("must be a non-empty JSON list of messages", "messages")
+    if values["tools"] is not None:
+        _check_tools(values["tools"], has_messages=values["messages"] is not None)
     values["sampling_parameters"] = parse_sampling_parameters(values["sampling_parameters"])
     request = ModelRequest(**values)
     if request.cancel:
@@ -193,6 +198,25 @@ def decode_request(read: Callable[[str], np.ndarray | None]) -> ModelRequest:
     elif sum(values[name] is not None for name in PROMPT_INPUTS) != 1:
         raise ContractError(f"exactly one of the inputs {', '.join(PROMPT_INPUTS)} is required")
     return request
+
+
+def _check_tools(tools: Any, has_messages: bool) -> None:
+    if not has_messages:
+        raise ContractError("tools go with messages (a chat)", "tools")
+    if not isinstance(tools, list):
+        raise ContractError("must be a JSON list of tools", "tools")
+    for position, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+        ):
+            raise ContractError(
+                f'tool {position} must be {{"type": "function", "function": {{"name", ...}}}}',
+                "tools",
+            )
 
 
 def _text(value: Any, name: str) -> str:

@@ -19,6 +19,7 @@ class GenerationRequest:
     params: SamplingParams
     prompt: str | None = None  # raw prompt (text_input)
     messages: list[dict] | None = None  # chat messages, templated by the model
+    tools: list[dict] | None = None  # OpenAI function tools, for the chat template
     prompt_token_ids: list[int] | None = None  # a prompt already tokenized (input_ids)
     stream: bool = False  # send deltas every step; else one response at the end
     # Prepend the prompt text to each choice's output (Triton vLLM-backend semantics; echo).
@@ -33,6 +34,7 @@ class GenerationRequest:
             params=SamplingParams.from_json(request.sampling_parameters),
             prompt=request.text_input,
             messages=request.messages,
+            tools=request.tools,
             prompt_token_ids=request.input_ids,
             stream=bool(request.stream),
             include_input=not request.exclude_input_in_output,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from contract.tools import FORMATS
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
@@ -150,6 +152,9 @@ class EngineConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     use_kernels: str = "auto"  # "auto" = Triton kernels on CUDA, torch on CPU; "on" / "off"
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    # How the model writes tool calls (contract.tools.FORMATS); "" = read from the chat
+    # template. "generic": the template takes no tools, the engine writes the tool prompt.
+    tool_call_format: str = ""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -158,6 +163,10 @@ class EngineConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.use_kernels not in ("auto", "on", "off"):
             raise ConfigError(f"use_kernels must be auto, on or off, got {self.use_kernels!r}")
+        if self.tool_call_format not in ("", *FORMATS):
+            raise ConfigError(
+                f"tool_call_format must be one of {', '.join(FORMATS)}, got {self.tool_call_format!r}"
+            )
 
     @classmethod
     def from_parameters(cls, model_dir: str | Path, parameters: dict[str, str]) -> EngineConfig:
@@ -231,6 +240,7 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "device": ("engine.device", _str),
     "use_kernels": ("engine.use_kernels", _str),
     "num_threads": ("engine.num_threads", _int),
+    "tool_call_format": ("engine.tool_call_format", _str),
 }
 
 # config.pbtxt parameter -> what it means (`tritium serve MODEL --<parameter>` help text).
@@ -246,6 +256,8 @@ PARAMETER_HELP: dict[str, str] = {
     "device": "auto, cpu or cuda (auto: cuda when available)",
     "use_kernels": "auto, on or off: Triton kernels instead of torch ops (auto: on with CUDA)",
     "num_threads": "torch intra-op threads on CPU (default 0: torch's choice)",
+    "tool_call_format": "how the model writes tool calls: hermes, generic, llama3_json or mistral "
+    "(default: read from the chat template; `tritium package` writes it)",
 }
 assert set(PARAMETER_HELP) == set(_PARAMETERS)
 

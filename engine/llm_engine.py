@@ -49,7 +49,7 @@ class _RequestState:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, metrics: EngineMetrics | None = None) -> None:
-        self.tokenizer = Tokenizer(config.model_dir)
+        self.tokenizer = Tokenizer(config.model_dir, config.tool_call_format)
         self.runner = ModelRunner(config)
         # The number of KV blocks is learned from the runner's memory budget.
         cache = replace(config.cache, num_blocks=self.runner.num_blocks)
@@ -64,7 +64,7 @@ class LLMEngine:
         """Tokenize and check the request against the context; raises ContractError."""
         if request.messages is not None:
             try:
-                prompt_text = self.tokenizer.apply_chat_template(request.messages)
+                prompt_text = self.tokenizer.apply_chat_template(request.messages, request.tools)
             except MessagesError as error:
                 raise ContractError(str(error).split(": ", 1)[-1], error.field) from None
             except ValueError as error:  # the template itself refused the conversation

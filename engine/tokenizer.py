@@ -23,8 +23,10 @@ import jinja2.parser
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-ROLES = ("system", "user", "assistant")
-_MESSAGE_FIELDS = ("content", "name", "role")
+from contract.tools import detect_format, render_generic
+
+ROLES = ("system", "user", "assistant", "tool")
+_MESSAGE_FIELDS = ("content", "name", "role", "tool_calls", "tool_call_id")
 _TEMPLATE_FILE = "chat_template.jinja"
 
 
@@ -43,8 +45,11 @@ class ChatTemplateError(ValueError):
 class Tokenizer:
     """A Hugging Face tokenizer plus the model's sandboxed chat template and EOS ids."""
 
-    def __init__(self, model_dir: str | Path) -> None:
-        """Load tokenizer files, chat template and EOS ids from `model_dir`; never contacts a hub."""
+    def __init__(self, model_dir: str | Path, tool_call_format: str = "") -> None:
+        """Load tokenizer files, chat template and EOS ids from `model_dir`; never contacts a hub.
+
+        `tool_call_format` (contract.tools.FORMATS; "" = read from the template): "generic"
+        renders tools with the generic tool prompt instead of the template."""
         from transformers import AutoTokenizer  # heavy import, only where the engine runs
 
         directory = Path(model_dir)
@@ -62,6 +67,7 @@ class Tokenizer:
         )
         self.chat_template = read_chat_template(directory)
         self.eos_token_ids = _read_eos_token_ids(directory, self.hf)
+        self.tool_call_format = tool_call_format or detect_format(self.chat_template)
         # Compiled once so that a broken template fails at model load, not per request.
         self._template = _compile(self.chat_template) if self.chat_template is not None else None
 
@@ -76,9 +82,14 @@ class Tokenizer:
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: Any) -> str:
+    def apply_chat_template(self, messages: Any, tools: list[dict[str, Any]] | None = None) -> str:
         """Validate OpenAI-style messages and render the prompt, generation prompt included."""
         plain_messages = validate_messages(messages)
+        if self.tool_call_format == "generic":
+            # The template takes no tools: tools, calls and results become plain messages.
+            if tools or any(m["role"] == "tool" or "tool_calls" in m for m in plain_messages):
+                plain_messages = render_generic(plain_messages, tools or [])
+            tools = None
         if self._template is None:
             raise ChatTemplateError(
                 "this model has no chat template (no chat_template in tokenizer_config.json "
@@ -92,7 +103,7 @@ class Tokenizer:
         return self._template.render(
             **special_tokens,
             messages=plain_messages,
-            tools=None,
+            tools=tools or None,
             documents=None,
             add_generation_prompt=True,
         )
@@ -106,7 +117,7 @@ class Tokenizer:
         return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
 
 
-def validate_messages(messages: Any) -> list[dict[str, str]]:
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
     """Check OpenAI chat messages; text parts are joined so every template sees a string."""
     if not isinstance(messages, list):
         raise MessagesError(
@@ -117,7 +128,7 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
     return [_validate_message(f"messages[{index}]", m) for index, m in enumerate(messages)]
 
 
-def _validate_message(where: str, message: Any) -> dict[str, str]:
+def _validate_message(where: str, message: Any) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise MessagesError(
             where, f"must be an object with role and content; got {type(message).__name__}"
@@ -132,14 +143,59 @@ def _validate_message(where: str, message: Any) -> dict[str, str]:
     role = message["role"]
     if role not in ROLES:
         raise MessagesError(f"{where}.role", f"must be one of {', '.join(ROLES)}; got {role!r}")
-    if "content" not in message:
+    calls = message.get("tool_calls")
+    if calls is not None and role != "assistant":
+        raise MessagesError(f"{where}.tool_calls", "only assistant messages carry tool calls")
+    if "content" not in message and calls is None:
         raise MessagesError(f"{where}.content", "is required")
-    plain = {"role": role, "content": _content_text(f"{where}.content", message["content"])}
+    content = message.get("content")
+    plain: dict[str, Any] = {
+        "role": role,
+        # An assistant message of calls only has no text (null content).
+        "content": "" if content is None and calls is not None else _content_text(
+            f"{where}.content", content
+        ),
+    }
+    if calls is not None:
+        plain["tool_calls"] = _validate_tool_calls(f"{where}.tool_calls", calls)
+    if role == "tool":
+        if not isinstance(message.get("tool_call_id"), str):
+            raise MessagesError(f"{where}.tool_call_id", "a tool message names the call it answers")
+        plain["tool_call_id"] = message["tool_call_id"]
     if "name" in message:
         if not isinstance(message["name"], str):
             raise MessagesError(f"{where}.name", f"must be a string; got {message['name']!r}")
         plain["name"] = message["name"]
     return plain
+
+
+def _validate_tool_calls(where: str, calls: Any) -> list[dict[str, Any]]:
+    """OpenAI tool calls, with `arguments` as an object as chat templates expect them."""
+    if not isinstance(calls, list) or not calls:
+        raise MessagesError(where, "must be a non-empty list of tool calls")
+    checked = []
+    for index, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise MessagesError(f"{where}[{index}].function", "needs a name and arguments")
+        arguments = function.get("arguments") or "{}"
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                raise MessagesError(
+                    f"{where}[{index}].function.arguments", "must be a JSON object"
+                ) from None
+        if not isinstance(arguments, dict):
+            raise MessagesError(f"{where}[{index}].function.arguments", "must be a JSON object")
+        checked.append(
+            {
+                "id": str(call.get("id") or ""),
+                "type": "function",
+                "function": {"name": function["name"], "arguments": arguments},
+            }
+        )
+    return checked
 
 
 def _content_text(where: str, content: Any) -> str:

@@ -134,3 +134,17 @@ def test_error_messages_round_trip() -> None:
     too_long = ContractError("prompt of 9000 tokens", kind=ErrorKind.CONTEXT_LENGTH)
     assert parse_error_message(too_long.triton_message).kind is ErrorKind.CONTEXT_LENGTH
     assert parse_error_message("Segmentation fault").kind is None
+
+
+def test_tools_travel_with_messages_and_are_checked() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    chat = [{"role": "user", "content": "hi"}]
+    received = decode_request(arrays_of(ModelRequest(messages=chat, tools=[tool])).get)
+    assert received.tools == [tool]
+    for bad, message in (
+        (ModelRequest(text_input="x", tools=[tool]), "go with messages"),
+        (ModelRequest(messages=chat, tools=[{"type": "function"}]), "tool 0"),
+    ):
+        with pytest.raises(ContractError, match=message) as error:
+            decode_request(arrays_of(bad).get)
+        assert error.value.field == "tools"

@@ -216,10 +216,10 @@ def test_template_cannot_read_files(smollm2_dir: Path, tmp_path: Path) -> None:
             [
                 {"role": "user", "content": "a"},
                 {"role": "assistant", "content": "b"},
-                {"role": "tool", "content": "c"},
+                {"role": "robot", "content": "c"},
             ],
             "messages[2].role",
-            "must be one of system, user, assistant; got 'tool'",
+            "must be one of system, user, assistant, tool; got 'robot'",
         ),
         ([{"role": "user"}], "messages[0].content", "is required"),
         ([{"role": "user", "content": None}], "messages[0].content", "got NoneType"),
@@ -236,8 +236,8 @@ def test_template_cannot_read_files(smollm2_dir: Path, tmp_path: Path) -> None:
             "must be a string",
         ),
         (
-            [{"role": "user", "content": "x", "tool_calls": []}],
-            "messages[0].tool_calls",
+            [{"role": "user", "content": "x", "audio": {}}],
+            "messages[0].audio",
             "unsupported field",
         ),
         ([{"role": "user", "content": "x", "name": 3}], "messages[0].name", "must be a string"),
@@ -252,3 +252,68 @@ def test_bad_messages_name_the_field(
     assert str(caught.value).startswith(f"{field}: ")
     assert message in str(caught.value)
     assert isinstance(caught.value, ValueError)
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    ]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+]  # fmt: skip
+
+
+def test_a_template_without_tools_gets_the_generic_tool_prompt(smollm2: Tokenizer) -> None:
+    from contract.tools import render_generic
+
+    assert smollm2.tool_call_format == "generic"  # SmolLM2's template takes no tools
+    prompt = smollm2.apply_chat_template(TOOL_CONVERSATION, TOOLS)
+    plain = render_generic(TOOL_CONVERSATION, TOOLS)
+    assert prompt == smollm2.hf.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+    assert '"name": "get_weather"' in prompt and "<tool_response>\n18 C\n</tool_response>" in prompt
+
+
+def test_a_template_with_tools_renders_them_itself(smollm2_dir: Path, tmp_path: Path) -> None:
+    template = (
+        "{% if tools %}{% for t in tools %}<tool>{{ t.function.name }}</tool>{% endfor %}{% endif %}"
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+        "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.name }}"
+        " {{ c.function.arguments.city }}</tool_call>{% endfor %}{% endfor %}"
+    )
+    tokenizer = Tokenizer(_copy_with_template(smollm2_dir, tmp_path / "hermes", template))
+    assert tokenizer.tool_call_format == "hermes"
+    prompt = tokenizer.apply_chat_template(TOOL_CONVERSATION, TOOLS)
+    expected = tokenizer.hf.apply_chat_template(
+        [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": {"city": "Paris"}}}
+                              for c in m["tool_calls"]]} if "tool_calls" in m else m
+         for m in TOOL_CONVERSATION],
+        tools=TOOLS, tokenize=False, add_generation_prompt=True,
+    )
+    assert prompt == expected
+    assert prompt.startswith("<tool>get_weather</tool>") and "<tool_call>get_weather Paris" in prompt
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}, "messages[0].tool_calls"),
+        ({"role": "tool", "content": "18 C"}, "messages[0].tool_call_id"),
+        ({"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": "[1"}}]},
+         "messages[0].tool_calls[0].function.arguments"),
+    ],
+)
+def test_bad_tool_messages_name_the_field(smollm2: Tokenizer, message: dict, field: str) -> None:
+    with pytest.raises(MessagesError) as error:
+        smollm2.apply_chat_template([message], TOOLS)
+    assert error.value.field == field
