@@ -86,10 +86,10 @@ def create_app(
 
     authenticated = [Depends(require_api_key)]
     app.include_router(health.router)  # probes never need a key
+    app.include_router(metrics_route.router)  # nor does Prometheus (no data, no keys in it)
     app.include_router(chat.router, dependencies=authenticated)
     app.include_router(completions.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
-    app.include_router(metrics_route.router, dependencies=authenticated)
     mount_playground(app)  # the web page at /: static, no key (it asks for one on a 401)
 
     # Added innermost first: CORS ends up outermost, so even errors carry its headers.

@@ -69,8 +69,8 @@ class RequestContextMiddleware:
         route_path = getattr(route, "path", None) or "unmatched"
         metrics = self.metrics()
         if metrics is not None:
-            metrics.requests.inc(route_path, scope["method"], str(status))
-            metrics.request_duration.observe(duration_s, route_path)
+            metrics.requests.labels(route_path, scope["method"], str(status)).inc()
+            metrics.request_duration.labels(route_path).observe(duration_s)
         access_logger.info(
             json.dumps(
                 {

@@ -40,22 +40,36 @@ class EngineMetrics:
             self.sink.counter(name, description, increment)
 
     def record_step(self, stats: Any, num_preempted: int) -> None:
-        """Gauges after a step; `stats` is the `Scheduler` (its counting properties)."""
+        """After a step; `stats` is the `Scheduler` (its counting properties). Values that
+        only grow are counters (Prometheus takes rates of them); states are gauges."""
         self._gauge("tritium_requests_running", "Sequences in the running batch", stats.num_running)
         self._gauge("tritium_requests_waiting", "Sequences waiting for admission", stats.num_waiting)
         self._counter(
             "tritium_requests_preempted_total", "Sequences preempted (KV recomputed)", num_preempted
         )
-        self._gauge("tritium_kv_blocks_used", "KV cache blocks in use", stats.num_used_blocks)
-        self._gauge("tritium_kv_blocks_total", "KV cache blocks in all", stats.num_total_blocks)
-        queries = stats.prefix_cache_queries
-        hits = stats.prefix_cache_hits
+        used, total = stats.num_used_blocks, stats.num_total_blocks
+        self._gauge("tritium_kv_blocks_used", "KV cache blocks in use", used)
+        self._gauge("tritium_kv_blocks_capacity", "KV cache blocks in all", total)
         self._gauge(
-            "tritium_prefix_cache_hit_rate",
-            "Prompt tokens found in the prefix cache / prompt tokens looked up",
-            hits / queries if queries else 0.0,
+            "tritium_kv_cache_usage_perc",
+            "Fraction of the KV cache in use, 0..1 (vLLM's kv_cache_usage_perc)",
+            used / total if total else 0.0,
         )
-        self._gauge("tritium_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache", hits)
+        # The scheduler counts since start; the counters grow by what this step added.
+        self._counter_to(
+            "tritium_prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache",
+            stats.prefix_cache_queries,
+        )
+        self._counter_to(
+            "tritium_prefix_cache_hits_total",
+            "Prompt tokens found in the prefix cache",
+            stats.prefix_cache_hits,
+        )
+
+    def _counter_to(self, name: str, description: str, total: float) -> None:
+        """Bring counter `name` up to `total`, a count kept elsewhere since start."""
+        self._counter(name, description, total - self.snapshot.get(name, 0.0))
 
     def add_prompt_tokens(self, count: int) -> None:
         self._counter("tritium_prompt_tokens_total", "Prompt tokens admitted", count)

@@ -96,11 +96,11 @@ class GenerationRun:
     def _observe(self, deltas: list[Delta]) -> None:
         if not self.first_text_seen and any(delta.text for delta in deltas):
             self.first_text_seen = True
-            self.state.metrics.time_to_first_token.observe(
-                time.perf_counter() - self.started, self.model
+            self.state.metrics.time_to_first_token.labels(self.model).observe(
+                time.perf_counter() - self.started
             )
 
     def _count_tokens(self) -> None:
         usage = self.tally.usage()
-        self.state.metrics.prompt_tokens.inc(self.model, amount=usage.prompt_tokens)
-        self.state.metrics.completion_tokens.inc(self.model, amount=usage.completion_tokens)
+        self.state.metrics.prompt_tokens.labels(self.model).inc(usage.prompt_tokens)
+        self.state.metrics.completion_tokens.labels(self.model).inc(usage.completion_tokens)

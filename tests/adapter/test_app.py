@@ -57,17 +57,21 @@ async def test_metrics_count_requests_and_tokens(client: httpx.AsyncClient) -> N
     text = (await client.get("/metrics")).text
     assert "# TYPE tritium_adapter_requests_total counter" in text
     assert (
-        'tritium_adapter_requests_total{route="/v1/chat/completions",method="POST",status="200"} 1'
+        'tritium_adapter_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0'
         in text
     )
-    assert 'tritium_adapter_requests_total{route="unmatched",method="GET",status="404"} 1' in text
-    assert 'tritium_adapter_completion_tokens_total{model="tiny-chat"} 2' in text
-    assert 'tritium_adapter_prompt_tokens_total{model="tiny-chat"} 5' in text
-    assert 'tritium_adapter_time_to_first_token_seconds_count{model="tiny-chat"} 1' in text
+    assert 'tritium_adapter_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert 'tritium_adapter_completion_tokens_total{model="tiny-chat"} 2.0' in text
+    assert 'tritium_adapter_prompt_tokens_total{model="tiny-chat"} 5.0' in text
+    assert 'tritium_adapter_time_to_first_token_seconds_count{model="tiny-chat"} 1.0' in text
     assert (
-        'tritium_adapter_time_to_first_token_seconds_bucket{model="tiny-chat",le="+Inf"} 1' in text
+        'tritium_adapter_time_to_first_token_seconds_bucket{le="+Inf",model="tiny-chat"} 1.0'
+        in text
     )
-    assert "tritium_adapter_generation_requests_in_flight 0" in text
+    assert "tritium_adapter_generation_requests_in_flight 0.0" in text
+    # The process, as every Prometheus client exports it.
+    assert "# TYPE process_cpu_seconds_total counter" in text
+    assert "process_resident_memory_bytes " in text and "python_info{" in text
 
 
 @pytest.mark.anyio

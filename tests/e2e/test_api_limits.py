@@ -188,7 +188,7 @@ def test_access_log_and_metrics(stack: Stack, guarded: Adapter) -> None:
     assert access[0]["path"] == "/v1/chat/completions" and access[0]["duration_ms"] > 0
     metrics = httpx.get(guarded.base_url.removesuffix("/v1") + "/metrics", headers=headers).text
     assert (
-        'tritium_adapter_requests_total{route="/v1/chat/completions",method="POST",status="200"}'
+        'tritium_adapter_requests_total{method="POST",route="/v1/chat/completions",status="200"}'
         in metrics
     )
     assert f'tritium_adapter_completion_tokens_total{{model="{stack.model}"}}' in metrics
@@ -237,6 +237,6 @@ def test_least_outstanding_routing_among_healthy_endpoints(
     for thread in threads:
         thread.join()
     assert replies == [200] * 4
-    sent = endpoint_metric(routed, "triton_requests")
+    sent = endpoint_metric(routed, "triton_requests_total")
     assert sent == {live[0]: sent[live[0]], dead: 0, live[1]: sent[live[1]]}
     assert sent[live[0]] + sent[live[1]] == 6

@@ -53,7 +53,7 @@ async def generate_all(stack: Stack, count: int) -> list[int]:
 
 def test_kv_pressure_finishes_everything(small_stack: Stack) -> None:
     assert load.completes_normally(small_stack)  # exports the metrics
-    total_blocks = small_stack.metric("tritium_kv_blocks_total")
+    total_blocks = small_stack.metric("tritium_kv_blocks_capacity")
     held_at_full_length = max(1, int(total_blocks * 16 // FULL_LENGTH_TOKENS))
     count = 3 * held_at_full_length
     preempted_before = small_stack.metric("tritium_requests_preempted_total", 0.0)

@@ -33,6 +33,7 @@ KEY = "sk-reliability-secret-7f3a"
 PUBLIC_PATHS = {
     "/health",  # Kubernetes probes carry no key
     "/health/ready",
+    "/metrics",  # Prometheus scrapes without a key (counts and latencies only)
     "/",  # the playground's static page and files: no data; the page asks for a key on a 401
     "/playground/{name}",
 }
@@ -187,3 +188,18 @@ def test_nothing_on_the_wire_is_unpickled() -> None:
                 unsafe = forbidden | {"torch.load", "np.load", "numpy.load"}
                 offenders += [f"{path.relative_to(REPO_ROOT)}: {n}" for n in names if n in unsafe]
     assert not offenders
+
+
+@pytest.mark.anyio
+async def test_metrics_are_scraped_without_a_key_when_keys_are_set(
+    keyed_client: httpx.AsyncClient,
+) -> None:
+    """The scrape annotations and PodMonitors carry no key: /metrics must answer them."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await keyed_client.post("/v1/chat/completions", json=body, headers=headers)).is_success
+    response = await keyed_client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'tritium_adapter_completion_tokens_total{model="tiny-chat"}' in response.text
+    assert KEY not in response.text
