@@ -54,52 +54,65 @@
   }
 
   // Streams `body` to `path`; onText(piece) for each piece of generated text. Resolves to
-  // {finishReason, usage, ttftMs, elapsedMs, firstTextMs, pieces}; rejects with ApiError,
-  // or with the AbortError of `signal`.
+  // the answer's stats {ttftMs, elapsedMs, usage, finishReason, pieces}; finishReason is
+  // "stopped" (and usage null) when `signal` aborted it. Rejects with an ApiError.
   async function stream(path, body, { apiKey, signal, onText }) {
     const started = performance.now();
-    const response = await fetch(path, {
-      method: "POST", headers: headers(apiKey), body: JSON.stringify(body), signal,
-    });
-    if (!response.ok) throw await errorOf(response);
-    const result = {
-      finishReason: null, usage: null, ttftMs: null, elapsedMs: null, firstTextMs: null, pieces: 0,
-    };
+    const stats = { ttftMs: null, elapsedMs: null, usage: null, finishReason: null, pieces: 0 };
     const onEvent = (data) => {
       const payload = JSON.parse(data);
       if (payload.error) throw new ApiError(null, payload.error);
-      if (payload.usage) result.usage = payload.usage;
+      if (payload.usage) stats.usage = payload.usage;
       for (const choice of payload.choices || []) {
         const text = choice.delta ? choice.delta.content : choice.text;
         if (text) {
-          if (result.firstTextMs === null) {
-            result.firstTextMs = performance.now();
-            result.ttftMs = result.firstTextMs - started;
-          }
-          result.pieces += 1;
+          if (stats.ttftMs === null) stats.ttftMs = performance.now() - started;
+          stats.pieces += 1;
           onText(text);
         }
-        if (choice.finish_reason) result.finishReason = choice.finish_reason;
+        if (choice.finish_reason) stats.finishReason = choice.finish_reason;
       }
     };
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
-      let boundary;
-      while ((boundary = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, boundary);
-        buffer = buffer.slice(boundary + 2);
-        const data = event.split("\n").filter((line) => line.startsWith("data:"))
-          .map((line) => line.slice(5).trim()).join("\n");
-        if (data && data !== "[DONE]") onEvent(data);
+    try {
+      const response = await fetch(path, {
+        method: "POST", headers: headers(apiKey), body: JSON.stringify(body), signal,
+      });
+      if (!response.ok) throw await errorOf(response);
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+        let boundary;
+        while ((boundary = buffer.indexOf("\n\n")) >= 0) {
+          const event = buffer.slice(0, boundary);
+          buffer = buffer.slice(boundary + 2);
+          const data = event.split("\n").filter((line) => line.startsWith("data:"))
+            .map((line) => line.slice(5).trim()).join("\n");
+          if (data && data !== "[DONE]") onEvent(data);
+        }
       }
+    } catch (error) {
+      if (error.name !== "AbortError") throw error;
+      stats.finishReason = "stopped"; // the HTTP request is gone: the server cancels it
+      stats.usage = null;
     }
-    result.elapsedMs = performance.now() - started;
-    return result;
+    stats.elapsedMs = performance.now() - started;
+    return stats;
+  }
+
+  // The line under an answer: TTFT, decode speed, tokens in and out, finish reason.
+  function describeStats(stats) {
+    const output = stats.usage ? stats.usage.completion_tokens : null;
+    const counted = output !== null ? output : stats.pieces;
+    const decodeMs = stats.ttftMs === null ? null : stats.elapsedMs - stats.ttftMs;
+    const speed = decodeMs > 0 && counted > 1 ? (((counted - 1) * 1000) / decodeMs).toFixed(1) : "—";
+    const prompt = stats.usage ? stats.usage.prompt_tokens : "—";
+    const shown = output !== null ? output : `~${stats.pieces}`; // stopped: the pieces shown
+    const ttft = stats.ttftMs === null ? "—" : `${Math.round(stats.ttftMs)} ms`;
+    return `TTFT ${ttft} · ${speed} tokens/s · ${prompt} in / ${shown} out · finish: ${stats.finishReason || "—"}`;
   }
 
   // --- the exact request as a command or a program -------------------------------------
@@ -184,5 +197,7 @@
     return lines.join("\n") + "\n";
   }
 
-  window.TritiumApi = { ApiError, listModels, post, stream, curlSnippet, pythonSnippet, pythonLiteral };
+  window.TritiumApi = {
+    ApiError, listModels, post, stream, describeStats, curlSnippet, pythonSnippet, pythonLiteral,
+  };
 })();

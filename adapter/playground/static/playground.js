@@ -5,16 +5,10 @@
 
   const Api = window.TritiumApi;
   const Markdown = window.TritiumMarkdown;
-  const STORAGE = {
-    chat: "tritium.playground.chat",
-    params: "tritium.playground.params",
-    apiKey: "tritium.playground.apiKey",
-    model: "tritium.playground.model",
-    prompt: "tritium.playground.prompt",
-  };
+  const Settings = window.TritiumSettings;
+  const { STORAGE, load, save } = Settings;
   const CHAT_PATH = "/v1/chat/completions";
   const COMPLETIONS_PATH = "/v1/completions";
-  const NUMBER_PARAMS = { temperature: parseFloat, top_p: parseFloat, top_k: Number, max_tokens: Number, seed: Number };
   const PROBE_MODEL = "tritium-playground-capability-probe";
 
   const $ = (id) => document.getElementById(id);
@@ -24,10 +18,9 @@
     chatSend: $("chat-send"), chatStop: $("chat-stop"), regenerate: $("chat-regenerate"), clear: $("chat-clear"),
     generateForm: $("generate-form"), prompt: $("generate-prompt"), generateSend: $("generate-send"),
     generateStop: $("generate-stop"), generateResult: $("generate-result"), promptEcho: $("generate-prompt-echo"),
-    generateOutput: $("generate-output"), stop: $("stop"), responseFormat: $("response-format"),
-    jsonSchema: $("json-schema"), jsonSchemaLabel: $("json-schema-label"), jsonModeField: $("json-mode-field"),
+    generateOutput: $("generate-output"),
     renderMarkdown: $("render-markdown"), apiKeyBox: $("api-key-box"), apiKey: $("api-key"),
-    unsupported: $("unsupported-note"), dialog: $("snippet-dialog"), snippetTitle: $("snippet-title"),
+    dialog: $("snippet-dialog"), snippetTitle: $("snippet-title"),
     snippetText: $("snippet-text"), snippetStatus: $("snippet-status"), template: $("message-template"),
   };
 
@@ -35,25 +28,6 @@
     messages: [], // {role, content, stats?, params?, model?} of the conversation shown
     running: null, // {controller, kind: "chat" | "generate"} while a request streams
   };
-
-  // --- storage -------------------------------------------------------------------------
-
-  function load(key, fallback) {
-    try {
-      const value = localStorage.getItem(key);
-      return value === null ? fallback : JSON.parse(value);
-    } catch (_) {
-      return fallback;
-    }
-  }
-
-  function save(key, value) {
-    try {
-      localStorage.setItem(key, JSON.stringify(value));
-    } catch (_) {
-      // storage full or disabled: the page still works, it just forgets
-    }
-  }
 
   function saveChat() {
     save(STORAGE.chat, { system: ui.system.value, messages: state.messages });
@@ -76,7 +50,7 @@
       ui.apiKey.focus();
     }
     if (error instanceof Api.ApiError && error.status === 400 && error.code === "unsupported_parameter") {
-      hideRefusedControl(error);
+      Settings.hideRefused(error);
     }
   }
 
@@ -85,69 +59,7 @@
     ui.errorText.textContent = "";
   }
 
-  // A parameter the server refuses is hidden, with the server's reason in a note.
-  function hideRefusedControl(error) {
-    const name = String(error.param || "").split(".")[0];
-    const field = document.querySelector(`[data-param="${CSS.escape(name)}"]`);
-    if (!field) return;
-    field.hidden = true;
-    if (name === "response_format") ui.responseFormat.value = "text";
-    ui.unsupported.textContent = `Hidden: ${name} (${error.message}).`;
-    ui.unsupported.hidden = false;
-  }
-
-  // --- parameters ----------------------------------------------------------------------
-
-  function readParams() {
-    const params = {};
-    for (const [name, parse] of Object.entries(NUMBER_PARAMS)) {
-      const input = $(name);
-      if (!input.closest("[data-param]").hidden && input.value.trim() !== "") {
-        params[name] = parse(input.value);
-      }
-    }
-    const stops = ui.stop.value.split("\n").filter((line) => line !== "");
-    if (stops.length) params.stop = stops;
-    if (!ui.jsonModeField.hidden && ui.responseFormat.value !== "text") {
-      params.response_format = responseFormat();
-    }
-    return params;
-  }
-
-  function responseFormat() {
-    if (ui.responseFormat.value === "json_object") return { type: "json_object" };
-    let schema;
-    try {
-      schema = JSON.parse(ui.jsonSchema.value || "{}");
-    } catch (error) {
-      throw new Error(`The JSON schema is not valid JSON: ${error.message}`);
-    }
-    return { type: "json_schema", json_schema: { name: "playground", schema } };
-  }
-
-  function saveParams() {
-    const values = {};
-    for (const name of [...Object.keys(NUMBER_PARAMS), "stop"]) values[name] = $(name).value;
-    values.response_format = ui.responseFormat.value;
-    values.json_schema = ui.jsonSchema.value;
-    save(STORAGE.params, values);
-  }
-
-  function restoreParams() {
-    const values = load(STORAGE.params, {});
-    for (const name of [...Object.keys(NUMBER_PARAMS), "stop"]) {
-      if (typeof values[name] === "string") $(name).value = values[name];
-    }
-    if (values.response_format) ui.responseFormat.value = values.response_format;
-    if (typeof values.json_schema === "string") ui.jsonSchema.value = values.json_schema;
-    showSchemaBox();
-  }
-
-  function showSchemaBox() {
-    const visible = ui.responseFormat.value === "json_schema";
-    ui.jsonSchema.hidden = !visible;
-    ui.jsonSchemaLabel.hidden = !visible;
-  }
+  // --- requests ------------------------------------------------------------------------
 
   function requestBody(fields, params) {
     return {
@@ -183,49 +95,22 @@
     if (state.running) state.running.controller.abort();
   }
 
-  // Streams `request`, calling onText per piece; returns the answer's stats. A Stop gives
-  // finishReason "stopped"; an API error is shown and returns null.
+  // Streams `request`, calling onText per piece; returns what Api.stream measured (a Stop
+  // gives finishReason "stopped"), or null after showing an API error.
   async function run(kind, request, onText) {
     clearError();
     const controller = new AbortController();
     setRunning(kind, controller);
-    const started = performance.now();
-    let firstTextAt = null;
-    let pieces = 0;
-    const counted = (text) => {
-      if (firstTextAt === null) firstTextAt = performance.now();
-      pieces += 1;
-      onText(text);
-    };
     try {
-      const result = await Api.stream(request.path, request.body, {
-        apiKey: apiKey(), signal: controller.signal, onText: counted,
+      return await Api.stream(request.path, request.body, {
+        apiKey: apiKey(), signal: controller.signal, onText,
       });
-      return statsOf(result.ttftMs, result.elapsedMs, result.firstTextMs, result.usage, result.finishReason, pieces);
     } catch (error) {
-      if (error.name === "AbortError") {
-        const now = performance.now();
-        return statsOf(firstTextAt && firstTextAt - started, now - started, firstTextAt, null, "stopped", pieces);
-      }
       showError(error);
       return null;
     } finally {
       setRunning(kind, null);
     }
-  }
-
-  function statsOf(ttftMs, elapsedMs, firstTextAt, usage, finishReason, pieces) {
-    const outputTokens = usage ? usage.completion_tokens : null;
-    const decodeMs = firstTextAt === null ? null : elapsedMs - (ttftMs || 0);
-    const counted = outputTokens !== null ? outputTokens : pieces;
-    return {
-      ttftMs,
-      tokensPerS: decodeMs && counted > 1 ? ((counted - 1) * 1000) / decodeMs : null,
-      promptTokens: usage ? usage.prompt_tokens : null,
-      completionTokens: outputTokens,
-      pieces,
-      finishReason,
-    };
   }
 
   // --- rendering -----------------------------------------------------------------------
@@ -258,22 +143,11 @@
     return node;
   }
 
-  function describeStats(stats) {
-    const parts = [];
-    parts.push(`TTFT ${stats.ttftMs === null ? "—" : Math.round(stats.ttftMs) + " ms"}`);
-    parts.push(`${stats.tokensPerS === null ? "—" : stats.tokensPerS.toFixed(1)} tokens/s`);
-    const output = stats.completionTokens !== null ? stats.completionTokens
-      : `~${stats.pieces}`; // stopped: no usage came back, count the pieces shown
-    parts.push(`${stats.promptTokens === null ? "—" : stats.promptTokens} in / ${output} out`);
-    parts.push(`finish: ${stats.finishReason || "—"}`);
-    return parts.join(" · ");
-  }
-
   function fillStats(footer, stats, request) {
     footer.replaceChildren();
     const text = document.createElement("span");
     text.className = "numbers";
-    text.textContent = describeStats(stats);
+    text.textContent = Api.describeStats(stats);
     footer.dataset.finishReason = stats.finishReason || "";
     footer.append(
       text,
@@ -308,7 +182,7 @@
   async function answer() {
     let params;
     try {
-      params = readParams();
+      params = Settings.readParams();
     } catch (error) {
       showError(error);
       return;
@@ -399,7 +273,7 @@
     if (state.running || !prompt || !ui.model.value) return;
     let params;
     try {
-      params = readParams();
+      params = Settings.readParams();
     } catch (error) {
       showError(error);
       return;
@@ -480,11 +354,9 @@
         response_format: { type: "json_object" },
         max_tokens: 1,
       }, apiKey());
-      ui.jsonModeField.hidden = false;
+      Settings.showOutputFormat(true);
     } catch (error) {
-      ui.jsonModeField.hidden = !(error.status === 404 && error.code === "model_not_found");
-    } finally {
-      ui.jsonModeField.dataset.probed = "true";
+      Settings.showOutputFormat(error.status === 404 && error.code === "model_not_found");
     }
   }
 
@@ -546,8 +418,7 @@
     }
     ui.system.addEventListener("change", saveChat);
     ui.model.addEventListener("change", () => save(STORAGE.model, ui.model.value));
-    document.querySelector("aside").addEventListener("change", saveParams);
-    ui.responseFormat.addEventListener("change", showSchemaBox);
+    Settings.wire();
     ui.renderMarkdown.addEventListener("change", renderConversation);
     ui.apiKey.addEventListener("change", () => {
       save(STORAGE.apiKey, apiKey());
@@ -564,7 +435,7 @@
     state.messages = Array.isArray(chat.messages) ? chat.messages.filter((m) => m && typeof m.content === "string") : [];
     ui.apiKey.value = load(STORAGE.apiKey, "") || "";
     ui.prompt.value = load(STORAGE.prompt, "") || "";
-    restoreParams();
+    Settings.restoreParams();
     wire();
     renderConversation();
     loadModels();
