@@ -128,6 +128,10 @@ def test_api_errors_are_shown_with_their_message(page: Any, start_site: StartSit
     page.click("#error-close")
 
     set_parameters(page, top_k="")
+    page.fill("#extra-fields", "[1, 2]")
+    page.click("#chat-regenerate")
+    assert error_text(page) == 'More fields must be a JSON object, e.g. {"min_p": 0.05}'
+    page.fill("#extra-fields", "")
     body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "stream": True}
     with (
         httpx.Client() as client,
@@ -222,6 +226,7 @@ def test_copied_requests_run_as_the_page_sent_them(page: Any, start_site: StartS
     open_playground(page, site.url)
     set_parameters(page, temperature=0.5, top_p=0.9, top_k=7, seed=3, max_tokens=20)
     page.fill("#stop", "END\nSTOP")
+    page.fill("#extra-fields", '{"min_p": 0.05, "ignore_eos": true}')
     send_message(page, 'It\'s a "quoted" question')
     wait_answer_stats(page)
     sent = site.fake.calls[-1][1]
@@ -229,10 +234,11 @@ def test_copied_requests_run_as_the_page_sent_them(page: Any, start_site: StartS
         "END",
         "STOP",
     ]
+    assert sent.sampling_parameters["min_p"] == 0.05
 
     page.click("button:has-text('Copy as Python')")
     python = page.input_value("#snippet-text")
-    assert 'extra_body={"top_k": 7}' in python
+    assert 'extra_body={"top_k": 7, "min_p": 0.05, "ignore_eos": True}' in python
     run = subprocess.run(
         [sys.executable, "-c", python], capture_output=True, text=True, timeout=120
     )

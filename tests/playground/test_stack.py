@@ -66,6 +66,7 @@ def test_stop_ends_the_answer_and_the_engine_goes_idle(
 ) -> None:
     open_playground(page, stack.base_url)
     set_parameters(page, temperature=0, max_tokens=1500)
+    page.fill("#extra-fields", '{"ignore_eos": true}')  # it would go on for 1,500 tokens
     watch_answer(page)
     send_message(page, LONG_ANSWER_PROMPT)
     answer = page.locator(".message.assistant .content")

@@ -19,7 +19,7 @@
   const ui = {
     stop: $("stop"), responseFormat: $("response-format"), jsonSchema: $("json-schema"),
     jsonSchemaLabel: $("json-schema-label"), jsonModeField: $("json-mode-field"),
-    unsupported: $("unsupported-note"),
+    unsupported: $("unsupported-note"), extra: $("extra-fields"),
   };
 
   function load(key, fallback) {
@@ -53,7 +53,23 @@
     if (!ui.jsonModeField.hidden && ui.responseFormat.value !== "text") {
       params.response_format = responseFormat();
     }
-    return params;
+    return { ...params, ...extraFields() };
+  }
+
+  // Any other request field (min_p, repetition_penalty, logit_bias, ignore_eos, ...).
+  function extraFields() {
+    const text = ui.extra.value.trim();
+    if (!text) return {};
+    let fields;
+    try {
+      fields = JSON.parse(text);
+    } catch (error) {
+      throw new Error(`More fields is not valid JSON: ${error.message}`);
+    }
+    if (fields === null || typeof fields !== "object" || Array.isArray(fields)) {
+      throw new Error('More fields must be a JSON object, e.g. {"min_p": 0.05}');
+    }
+    return fields;
   }
 
   function responseFormat() {
@@ -72,6 +88,7 @@
     for (const name of [...Object.keys(NUMBER_PARAMS), "stop"]) values[name] = $(name).value;
     values.response_format = ui.responseFormat.value;
     values.json_schema = ui.jsonSchema.value;
+    values.extra = ui.extra.value;
     save(STORAGE.params, values);
   }
 
@@ -82,6 +99,7 @@
     }
     if (values.response_format) ui.responseFormat.value = values.response_format;
     if (typeof values.json_schema === "string") ui.jsonSchema.value = values.json_schema;
+    if (typeof values.extra === "string") ui.extra.value = values.extra;
     showSchemaBox();
   }
 
