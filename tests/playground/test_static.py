@@ -89,6 +89,9 @@ async def test_the_openapi_schema_is_served_and_leaves_the_page_out(
     assert "/v1/chat/completions" in schema["paths"]
     assert "/" not in schema["paths"]
     assert not any(path.startswith("/playground") for path in schema["paths"])
+    # FastAPI's Swagger UI and ReDoc pages load their scripts from a CDN: not served.
+    for page in ("/docs", "/redoc"):
+        assert (await client.get(page)).status_code == 404, page
 
 
 def test_no_file_points_at_another_host() -> None:
