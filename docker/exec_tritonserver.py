@@ -14,6 +14,7 @@ variables keep `tritium serve`'s defaults. Extra arguments are passed on to trit
     TRITIUM_METRICS_PORT         --metrics-port        (default: 8002)
     TRITIUM_TRITON_LOG_VERBOSE   --triton-log-verbose  (default: 0)
     TRITIUM_TRITON_ARGS          --triton-arg          (words, as a shell splits them; before the arguments)
+    TRITIUM_STRICT_MODELS        --strict-models       (default: false, the models that load serve)
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """`tritium serve`: start tritonserver and the OpenAI adapter, supervise both.
 
-Order: tritonserver first, wait until ``/v2/health/ready`` (every model loaded), then
-the adapter, wait until it accepts connections, print how to reach it. A tritonserver
+Order: tritonserver first, wait until ``/v2/health/ready`` (the repository loaded), then
+the adapter, wait until it accepts connections, print how to reach it. A model that
+cannot load (a broken config, a directory without one, an engine that fails to start)
+is named with Triton's reason and left out; the others serve, and only their readiness
+is watched. With ``--strict-models`` any such model stops serve instead (Triton runs
+with ``--exit-on-error`` and ``--strict-readiness``); so does a repository where no
+model loads. A tritonserver
 that exits, or is alive but cannot serve (a dead Python-backend stub, or unready for
 long; see `tritium.supervision`), is restarted in place, at most ``max_triton_restarts``
 times in all; one failure more, or the adapter dying, stops everything and the launcher
@@ -23,11 +28,12 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import quote
 
 from tritium import model_cache, tritonserver
 from tritium.process import (
@@ -79,6 +85,7 @@ def triton_options(
         log_verbose=options.triton_log_verbose,
         exit_timeout_seconds=options.triton_exit_timeout_seconds,
         shm_region_prefix=shm_prefix,
+        strict_models=options.strict_models,
         extra_args=options.triton_args,
     )
 
@@ -128,15 +135,50 @@ def start_triton(options: ServeOptions, log_dir: Path, shm_prefix: str) -> Child
     return start_child("tritonserver", command, log_path, environment)
 
 
-def is_triton_ready(http_url: str) -> bool:
-    """Triton's strict readiness; False for every way the probe can fail: the probe runs
+def is_triton_ready(http_url: str, models: Sequence[str] = ()) -> bool:
+    """Triton's readiness (strict: every model ready, when started with --strict-models),
+    then that of each of `models`. False for every way a probe can fail: the probe runs
     in the supervision loop, and an exception there would stop the whole stack."""
+    paths = ["/v2/health/ready", *(f"/v2/models/{quote(name)}/ready" for name in models)]
     try:
-        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=2) as response:
-            return response.status == 200
+        for path in paths:
+            with urllib.request.urlopen(f"{http_url}{path}", timeout=2) as response:
+                if response.status != 200:
+                    return False
+        return True
     # Refused while starting, 400 while models load, a timeout, or a garbled answer.
     except (OSError, http.client.HTTPException):
         return False
+
+
+def model_states(http_url: str) -> dict[str, tuple[str, str]]:
+    """Every model of Triton's repository index: name -> (state, reason); empty if the
+    index cannot be read."""
+    request = urllib.request.Request(f"{http_url}/v2/repository/index", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            index = json.load(response)
+        return {entry["name"]: (entry.get("state", ""), entry.get("reason", "")) for entry in index}
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+        return {}
+
+
+def loaded_models(triton: ChildProcess, http_url: str) -> tuple[str, ...]:
+    """The models a (non-strict) Triton loaded; each one that did not load is named with
+    its error. LaunchError when none loaded: there is nothing to serve."""
+    states = model_states(http_url)
+    ready = tuple(sorted(name for name, (state, _) in states.items() if state == "READY"))
+    failed = {name: reason for name, (state, reason) in states.items() if state != "READY"}
+    for name, reason in sorted(failed.items()):
+        say(
+            f"model {name} is not served: {reason or 'it did not load'} (the other models are; "
+            "--strict-models refuses to start instead)",
+            stream=sys.stderr,
+        )
+    if not ready:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in sorted(failed.items()))
+        raise LaunchError(failure_report(triton, f"loaded no model ({listed or 'none found'})"))
+    return ready
 
 
 def is_port_open(host: str, port: int) -> bool:
@@ -279,8 +321,8 @@ class TritonKeeper:
         self.watch: TritonWatch | None = None
 
     def start(self) -> None:
-        """Start tritonserver as ``stack.triton``, wait until every model is loaded, then
-        watch it."""
+        """Start tritonserver as ``stack.triton``, wait until the repository is loaded, then
+        watch it (and, unless strict, the models that loaded)."""
         triton = start_triton(self.options, self.log_dir, self.stack.shm_prefix)
         self.stack.triton = triton
         say(f"starting tritonserver (log: {triton.log_path})")
@@ -298,6 +340,13 @@ class TritonKeeper:
         wait_ready(
             triton, is_ready_reporting, self.options.startup_timeout_seconds, self.stop_event
         )
+        if not self.options.strict_models and not self.stop_event.is_set():
+            # Readiness was the server's own: watch the models that loaded as well.
+            models = loaded_models(triton, http_url)
+
+            def is_ready() -> bool:
+                return is_triton_ready(http_url, models)
+
         self.watch = TritonWatch(triton, is_ready, self.options.unready_grace_seconds)
         if not self.stop_event.is_set():
             say(f"tritonserver ready in {time.monotonic() - started:.1f} s")

@@ -72,6 +72,9 @@ class ServeOptions:
     # unready past `unready_grace_seconds`); one more failure and serve exits non-zero.
     max_triton_restarts: int = 3
     unready_grace_seconds: float = field(default=10.0, metadata={"env": "TRITIUM_UNREADY_GRACE"})
+    # False: serve the models that load, name the ones that do not. True: any model that
+    # fails to load stops serve (and the Triton image's tritonserver) with its error.
+    strict_models: bool = False
     # `python -m <adapter_module>`; tests put a stand-in here.
     adapter_module: str = field(default="adapter", metadata={"env": None})
 
@@ -130,6 +133,7 @@ class ServeOptions:
             "startup_timeout_seconds": args.startup_timeout,
             "max_triton_restarts": args.max_triton_restarts,
             "unready_grace_seconds": args.unready_grace,
+            "strict_models": args.strict_models,
         }
         engine_flags = {name: _as_text(getattr(args, name)) for name in PARAMETER_HELP}
         engine = load(EngineParameters, engine_flags, environ)
@@ -301,6 +305,15 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
             "restart Triton in place at most N times in all when it exits, a model's backend "
             "dies or Triton stays unready; one more failure and serve exits non-zero (default: 3)",
             "max_triton_restarts",
+        ),
+    )
+    launcher.add_argument(
+        "--strict-models",
+        action=argparse.BooleanOptionalAction,
+        help=_help(
+            "refuse to serve unless every model of the repository loads (default: serve the "
+            "models that load and name the others with their errors)",
+            "strict_models",
         ),
     )
     launcher.add_argument(

@@ -226,6 +226,10 @@ class TritonServerOptions:
     shm_region_prefix: str = "tritium_"
     # Without a GPU, skip the pinned-memory pool and DCGM GPU metrics (both only log errors).
     cpu_only: bool = field(default_factory=lambda: not has_nvidia_gpu())
+    # True: a model that fails to load stops the server, and readiness means every model
+    # is ready. False: the server starts with the models that load (the launcher reports
+    # the others) and readiness is the server's own.
+    strict_models: bool = False
     extra_args: tuple[str, ...] = ()
 
 
@@ -241,11 +245,11 @@ def build_command(options: TritonServerOptions) -> list[str]:
         f"--http-port={options.http_port}",
         f"--grpc-port={options.grpc_port}",
         f"--metrics-port={options.metrics_port}",
-        # Every model in the repository is loaded at start; any failure stops the server,
-        # so a broken model is reported at launch instead of at the first request.
+        # Every model in the repository is loaded at start. Strict: any failure stops the
+        # server. Otherwise the models that load serve and the launcher names the others.
         "--model-control-mode=none",
-        "--exit-on-error=true",
-        "--strict-readiness=true",
+        f"--exit-on-error={str(options.strict_models).lower()}",
+        f"--strict-readiness={str(options.strict_models).lower()}",
         f"--exit-timeout-secs={options.exit_timeout_seconds}",
         f"--log-verbose={options.log_verbose}",
         f"--backend-config=python,shm-region-prefix-name={options.shm_region_prefix}",

@@ -304,20 +304,71 @@ def test_prints_where_to_send_requests(
     assert "Authorization: Bearer secret-key" in printed
 
 
+@pytest.mark.parametrize("strict_models", [False, True])
 def test_broken_model_fails_fast_with_the_log_tail(
-    tmp_path: Path, fake_adapter: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fake_adapter: str, capsys: pytest.CaptureFixture[str], strict_models: bool
 ) -> None:
     repository = tmp_path / "repository"
     write_model(repository, "broken", BROKEN_MODEL)
     started = time.monotonic()
-    status = run(
-        serve_options(tmp_path, repository, adapter_module=fake_adapter), threading.Event()
+    options = serve_options(
+        tmp_path, repository, adapter_module=fake_adapter, strict_models=strict_models
     )
+    status = run(options, threading.Event())
     assert status == 1
     assert time.monotonic() - started < 30
     error = capsys.readouterr().err
-    assert "tritonserver exited during startup (exit code 1)" in error
+    if strict_models:
+        assert "tritonserver exited during startup" in error
+    else:
+        assert "tritonserver loaded no model (broken: " in error
     assert "tiny-broken-model cannot load" in error
+
+
+def write_leftover(repository: Path) -> None:
+    """What a failed `tritium package` used to leave: a model directory with a lock file."""
+    (repository / "half-packaged").mkdir(parents=True)
+    (repository / "half-packaged" / ".package.lock").write_text("")
+
+
+def test_models_that_cannot_load_do_not_stop_the_others(
+    tmp_path: Path, echo_repository: Path, fake_adapter: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_model(echo_repository, "broken", BROKEN_MODEL)
+    write_leftover(echo_repository)
+    options = serve_options(tmp_path, echo_repository, adapter_module=fake_adapter)
+    printed: list[str] = []
+
+    def banner_printed() -> bool:
+        captured = capsys.readouterr()
+        printed.extend([captured.out, captured.err])
+        return "Press Ctrl-C" in "".join(printed)
+
+    with RunInThread(options) as launcher:
+        assert wait_until(banner_printed, 60, 0.2), "".join(printed)
+        words = stream_echo(f"127.0.0.1:{options.grpc_port}", "still served")
+        assert words == ["still", "served"]
+        # The watch checks the served models only: the broken ones never cause a restart.
+        assert launcher.exit_status is None
+    assert launcher.exit_status == 0
+    output = "".join(printed)
+    assert "Tritium is serving echo at" in output
+    assert "model broken is not served: " in output
+    assert "tiny-broken-model cannot load" in output
+    assert "model half-packaged is not served: " in output
+
+
+def test_strict_models_refuses_a_repository_with_a_model_that_cannot_load(
+    tmp_path: Path, echo_repository: Path, fake_adapter: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_leftover(echo_repository)
+    options = serve_options(
+        tmp_path, echo_repository, adapter_module=fake_adapter, strict_models=True
+    )
+    assert run(options, threading.Event()) == 1
+    error = capsys.readouterr().err
+    assert "tritonserver exited during startup" in error  # Triton 2.51 may crash as it exits
+    assert "failed to load all models" in error
 
 
 def test_missing_repository_is_reported_before_starting_anything(

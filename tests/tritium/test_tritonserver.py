@@ -152,13 +152,25 @@ def test_command_binds_to_loopback_and_fails_fast(tmp_path: Path) -> None:
         "--grpc-port=18001",
         "--metrics-port=18002",
         "--model-control-mode=none",
-        "--exit-on-error=true",
+        "--exit-on-error=false",  # the models that load serve; serve names the others
+        "--strict-readiness=false",
         "--backend-config=python,shm-region-prefix-name=tritium_42_",
         "--pinned-memory-pool-byte-size=0",
         "--allow-gpu-metrics=false",
     ):
         assert expected in command
     assert command[-1] == "--log-info=false"
+
+
+def test_strict_models_make_any_load_failure_fatal(tmp_path: Path) -> None:
+    options = TritonServerOptions(
+        executable=Path("/bin/tritonserver"),
+        model_repository=tmp_path,
+        backend_directory=tmp_path,
+        strict_models=True,
+    )
+    command = build_command(options)
+    assert "--exit-on-error=true" in command and "--strict-readiness=true" in command
 
 
 def test_command_keeps_gpu_defaults_when_a_gpu_is_present(tmp_path: Path) -> None:
