@@ -21,8 +21,10 @@ class GenerateInputs:
     request_id: str
     # Exactly one of text_input / messages / input_ids is set.
     text_input: str | None = None
-    # Chat messages as sent to the model: [{"role", "content": str, "name"?}].
-    messages: list[dict[str, str]] | None = None
+    # Chat messages as sent to the model: [{"role", "content", "name"?, "tool_calls"?, ...}].
+    messages: list[dict[str, Any]] | None = None
+    # OpenAI function tools, with messages (rendered by the model's chat template).
+    tools: list[dict[str, Any]] | None = None
     # A prompt given as token ids (completions); sent as the INT64 [-1] tensor `input_ids`.
     input_ids: list[int] | None = None
     stream: bool = True
@@ -42,6 +44,9 @@ class ModelInfo:
     supports_chat: bool = True  # the model has a `messages` input
     supports_completions: bool = True  # the model has a `text_input` input
     supports_token_ids: bool = True  # the model has an `input_ids` input
+    # How the model writes tool calls (config parameter `tool_call_format`, one of
+    # contract.tools.FORMATS); None: the model does not say, so it takes no tools.
+    tool_call_format: str | None = None
     owned_by: str = "tritium"
 
 

@@ -2,7 +2,8 @@
 
 The sampling fields the API offers under their own name are the contract's
 (`adapter.schemas.SAME_FIELDS`) and are copied as they are; `max_tokens` and the logprobs
-fields are mapped from OpenAI's spellings here.
+fields are mapped from OpenAI's spellings here, and `response_format` / `tools` become
+the contract's `structured_outputs` (adapter.tool_calls).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from adapter.config import AdapterConfig
 from adapter.contract import ModelInfo
 from adapter.errors import InvalidRequest
 from adapter.schemas import SAME_FIELDS, ChatCompletionRequest, CompletionRequest, SamplingRequest
+from adapter.tool_calls import structured_outputs
 
 _PASSED_THROUGH = tuple(spec.name for spec in SAME_FIELDS)
 
@@ -32,6 +34,9 @@ def sampling_parameters(
         max_tokens = config.max_tokens  # the operator's cap doubles as the default
     if max_tokens is not None:
         parameters["max_tokens"] = max_tokens
+    constraint = structured_outputs(request, model)  # response_format, tools
+    if constraint is not None:
+        parameters["structured_outputs"] = constraint
     if isinstance(request, ChatCompletionRequest):
         if request.logprobs:
             parameters["logprobs"] = True

@@ -117,37 +117,100 @@ class ContentPart(StrictModel):
     refusal: str | None = None
 
 
+class FunctionCall(StrictModel):
+    name: str = Field(min_length=1)
+    arguments: str  # a JSON object, as text
+
+
+class ToolCallIn(StrictModel):
+    """A call the assistant made, in a message of the conversation."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(StrictModel):
     # "developer" is OpenAI's newer name for "system"; the model sees "system".
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    # Known, not supported yet (tool calling).
-    tool_calls: list[Any] | None = None
-    tool_call_id: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant messages: the calls it made
+    tool_call_id: str | None = None  # tool messages: the call this is the result of
+    # Known, not supported: OpenAI's deprecated function calling, audio.
     function_call: Any | None = None
     refusal: str | None = None
     audio: Any | None = None
 
-    def for_model(self, position: int) -> dict[str, str]:
-        """{"role", "content", "name"?} as the model's chat template receives it."""
+    def for_model(self, position: int) -> dict[str, Any]:
+        """The message as the model's chat template receives it."""
         where = f"messages.{position}"
-        if self.role in ("tool", "function"):
-            raise NotSupported(f"{where}.role", f"role '{self.role}' (tool calling)")
-        for name in ("tool_calls", "tool_call_id", "function_call", "audio"):
+        if self.role == "function":
+            raise NotSupported(f"{where}.role", "role 'function' (use tools and role 'tool')")
+        for name in ("function_call", "audio"):
             if getattr(self, name) is not None:
                 raise NotSupported(f"{where}.{name}", f"'{name}' in messages")
-        if self.content is None:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise InvalidRequest(
+                f"Only assistant messages carry tool_calls ('{where}.tool_calls')",
+                param=f"{where}.tool_calls",
+            )
+        if self.role == "tool" and not self.tool_call_id:
+            raise InvalidRequest(
+                f"A tool message names the call it answers ('{where}.tool_call_id')",
+                param=f"{where}.tool_call_id",
+            )
+        if self.content is None and not self.tool_calls:
             raise InvalidRequest(
                 f"Messages need content; '{where}.content' is null", param=f"{where}.content"
             )
-        message = {
+        message: dict[str, Any] = {
             "role": "system" if self.role == "developer" else self.role,
-            "content": _join_text_parts(self.content, where),
+            "content": None if self.content is None else _join_text_parts(self.content, where),
         }
         if self.name is not None:
             message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
+
+
+class FunctionDefinition(StrictModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None  # calls always follow the schema here (when enforced)
+
+
+class Tool(StrictModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(StrictModel):
+    name: str
+
+
+class NamedToolChoice(StrictModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(StrictModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    # OpenAI's field is `schema`; pydantic keeps that name for its own method.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # the schema is always enforced here
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormat(StrictModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 def _join_text_parts(content: str | list[ContentPart], where: str) -> str:
@@ -177,14 +240,13 @@ class ChatCompletionRequest(SamplingRequest):
     service_tier: str | None = None
     prompt_cache_key: str | None = None  # prefix caching is automatic
     safety_identifier: str | None = None
-    parallel_tool_calls: bool | None = None  # meaningless without tools
-    # Allowed only at the value that means "plain text out".
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # default true, as OpenAI
     modalities: list[str] | None = None
     store: bool | None = None
-    tool_choice: Any | None = None
     # Not supported yet: any value is a 400.
-    tools: list[Any] | None = None
     functions: list[Any] | None = None
     function_call: Any | None = None
     audio: Any | None = None
@@ -200,7 +262,6 @@ class ChatCompletionRequest(SamplingRequest):
     def check_supported(self) -> None:
         self.check_stream_options()
         for name in (
-            "tools",
             "functions",
             "function_call",
             "audio",
@@ -211,11 +272,8 @@ class ChatCompletionRequest(SamplingRequest):
         ):
             if getattr(self, name) is not None:
                 raise NotSupported(name, f"'{name}'")
-        if self.tool_choice not in (None, "none"):
-            raise NotSupported("tool_choice", "tool_choice other than 'none'")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            kind = self.response_format.get("type")
-            raise NotSupported("response_format", f"response_format of type {kind!r}")
+        check_response_format(self.response_format, self.structured_outputs)
+        self._check_tools()
         if self.modalities not in (None, ["text"]):
             raise NotSupported("modalities", "modalities other than ['text']", plural=True)
         if self.store:
@@ -223,8 +281,53 @@ class ChatCompletionRequest(SamplingRequest):
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs=true", param="top_logprobs")
 
-    def messages_for_model(self) -> list[dict[str, str]]:
+    def _check_tools(self) -> None:
+        choice = self.tool_choice
+        if self.tools is None:
+            if choice not in (None, "none"):
+                raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+            return
+        names = [tool.function.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("tools must have different names", param="tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise InvalidRequest(
+                f"tool_choice names '{choice.function.name}', which is not in tools",
+                param="tool_choice",
+            )
+        if self.uses_tools and (
+            self.structured_outputs is not None
+            or (self.response_format is not None and self.response_format.type != "text")
+        ):
+            raise NotSupported(
+                "response_format", "response_format or structured_outputs together with tools"
+            )
+
+    @property
+    def uses_tools(self) -> bool:
+        """The model is told about tools and its calls are read back."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def messages_for_model(self) -> list[dict[str, Any]]:
         return [message.for_model(position) for position, message in enumerate(self.messages)]
+
+
+def check_response_format(
+    response_format: ResponseFormat | None, structured_outputs: dict[str, Any] | None
+) -> None:
+    if response_format is None or response_format.type == "text":
+        return
+    if structured_outputs is not None:
+        raise InvalidRequest(
+            "give response_format or structured_outputs, not both", param="response_format"
+        )
+    if response_format.type == "json_schema" and (
+        response_format.json_schema is None or response_format.json_schema.json_schema is None
+    ):
+        raise InvalidRequest(
+            "response_format of type json_schema needs json_schema.schema",
+            param="response_format.json_schema",
+        )
 
 
 class CompletionRequest(SamplingRequest):
@@ -236,9 +339,11 @@ class CompletionRequest(SamplingRequest):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = Field(default=None, ge=1)
     suffix: str | None = None
+    response_format: ResponseFormat | None = None  # as for chat (an extension here)
 
     def check_supported(self) -> None:
         self.check_stream_options()
+        check_response_format(self.response_format, self.structured_outputs)
         if self.suffix is not None:
             raise NotSupported("suffix", "'suffix' (insertion)")
         if self.best_of is not None and self.best_of != (self.n or 1):

@@ -32,7 +32,7 @@ class ChunkRenderer(Protocol):
 
     def opening(self) -> list[dict[str, Any]]: ...
 
-    def chunk(self, deltas: list[Delta]) -> dict[str, Any] | None: ...
+    def chunk(self, deltas: list[Delta]) -> list[dict[str, Any]]: ...
 
     def closing(self) -> list[dict[str, Any]]: ...
 
@@ -55,8 +55,7 @@ async def sse_events(
                 break
             if on_delta is not None:
                 on_delta(deltas)
-            payload = renderer.chunk(deltas)
-            if payload is not None:
+            for payload in renderer.chunk(deltas):
                 yield frame(payload)
         for payload in renderer.closing():
             yield frame(payload)

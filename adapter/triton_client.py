@@ -28,6 +28,7 @@ from adapter.errors import (
 from adapter.triton_call import CallError, TritonCall
 from contract.errors import ContractError, ErrorKind, parse_error_message
 from contract.tensors import Capabilities, ModelRequest, ModelResponse
+from contract.tools import FORMATS
 
 logger = logging.getLogger("adapter")
 
@@ -73,6 +74,7 @@ def model_request(inputs: GenerateInputs) -> ModelRequest:
     return ModelRequest(
         text_input=inputs.text_input,
         messages=inputs.messages,
+        tools=inputs.tools,
         input_ids=inputs.input_ids,
         stream=inputs.stream,
         sampling_parameters=inputs.sampling_parameters,
@@ -137,7 +139,9 @@ class TritonClient:
         capabilities = Capabilities.of({tensor.get("name") for tensor in config.get("input", [])})
         if capabilities is None:
             return None  # not an LLM of the contract (a tokenizer, an embedding model, ...)
-        length = config.get("parameters", {}).get("max_model_len", {}).get("string_value")
+        parameters = config.get("parameters", {})
+        length = parameters.get("max_model_len", {}).get("string_value")
+        tool_call_format = parameters.get("tool_call_format", {}).get("string_value")
         if capabilities.cancel_in_band:
             self.cancels_in_band.add(name)
         else:
@@ -148,6 +152,7 @@ class TritonClient:
             supports_chat=capabilities.chat,
             supports_completions=capabilities.completions,
             supports_token_ids=capabilities.token_ids,
+            tool_call_format=tool_call_format if tool_call_format in FORMATS else None,
         )
 
     async def is_ready(self) -> bool:

@@ -107,6 +107,7 @@ class ToolCallParser:
         self._pending = ""  # text not yet given out
         self._in_calls = False  # a call marker was seen (or the output starts as calls)
         self._started = False  # any non-space text seen
+        self._after_call = False  # whitespace after a call separates calls: not content
         self.calls: list[ToolCall] = []
 
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
@@ -144,9 +145,15 @@ class ToolCallParser:
                     content.append(self._pending[: stop + len(end)])
                 else:
                     calls.append(call)
+                self._after_call = call is not None
                 self._pending = self._pending[stop + len(end) :]
                 self._in_calls = False
                 continue
+            if self._after_call:
+                stripped = self._pending.lstrip()
+                if not stripped:
+                    break  # only whitespace yet: a separator, or the start of more text
+                self._pending, self._after_call = stripped, False
             start = self._pending.find(trigger)
             if start == -1:
                 keep = _partial_suffix(self._pending, trigger)
@@ -163,7 +170,7 @@ class ToolCallParser:
         """The end of the choice: everything still held back."""
         rest, self._pending = self._pending, ""
         if not self._in_calls:
-            return rest, []
+            return ("" if self._after_call and not rest.strip() else rest), []
         if self.format.calls_only_at_start:
             calls = self._parse_call_list(rest)
             if calls is None:

@@ -22,6 +22,7 @@ from adapter.objects import (
 from adapter.routes.runner import GenerationRun
 from adapter.sampling import sampling_parameters
 from adapter.schemas import CompletionRequest
+from adapter.tool_calls import constraint_errors_named
 from contract.outputs import TokenLogprobs
 
 router = APIRouter(tags=["completions"])
@@ -69,11 +70,12 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     ]
     texts = TextOffsets(prefixes, top=bool(body.logprobs))
     identity = {"id": completion_id("cmpl"), "created": now(), "model": model.id}
-    if body.stream:
-        return await run.stream(
-            lambda tally: CompletionChunks(identity, texts, body.include_usage, tally)
-        )
-    choices = await run.collect()
+    with constraint_errors_named(body):
+        if body.stream:
+            return await run.stream(
+                lambda tally: CompletionChunks(identity, texts, body.include_usage, tally)
+            )
+        choices = await run.collect()
     completion = Completion(
         **identity,
         choices=[
@@ -154,7 +156,7 @@ class CompletionChunks:
         ]
         return [self._dump(Completion(**self.identity, choices=choices))] if choices else []
 
-    def chunk(self, deltas: list[Delta]) -> dict[str, Any] | None:
+    def chunk(self, deltas: list[Delta]) -> list[dict[str, Any]]:
         choices = [
             CompletionChoice(
                 index=delta.index,
@@ -167,7 +169,7 @@ class CompletionChunks:
             for delta in deltas
             if delta.text or delta.finish_reason or delta.logprobs
         ]
-        return self._dump(Completion(**self.identity, choices=choices)) if choices else None
+        return [self._dump(Completion(**self.identity, choices=choices))] if choices else []
 
     def closing(self) -> list[dict[str, Any]]:
         if not self.include_usage:

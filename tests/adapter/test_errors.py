@@ -67,14 +67,12 @@ async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "auto"}, "tool_choice"),
         ({"functions": [{"name": "f"}]}, "functions"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"function_call": "auto"}, "function_call"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
         ({"store": True}, "store"),
         ({"modalities": ["text", "audio"]}, "modalities"),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages.0.role"),
+        ({"messages": [{"role": "function", "content": "x", "name": "f"}]}, "messages.0.role"),
         (
             {
                 "messages": [

@@ -40,7 +40,7 @@ CASES = {
     "hermes": (
         'Let me check.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
         '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>',
-        "Let me check.\n",
+        "Let me check.",
     ),
     "generic": ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
                 '<tool_call>{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}</tool_call>', ""),
