@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from contract.tensors import render_model_config
+from contract.tools import detect_format
 from engine.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from engine.tokenizer import read_chat_template
 
 WEIGHTS_DIR = "weights"
 MARKER = ".tritium-package.json"
@@ -149,10 +151,12 @@ def _removed_on_failure(model_dir: Path):  # noqa: ANN202
 
 
 def model_parameters(weights_dir: Path, parameters: dict[str, str]) -> dict[str, str]:
-    """The config.pbtxt parameters of a package: `parameters`, and the context length,
-    which defaults to what the model was trained for, at most 8192."""
+    """The config.pbtxt parameters of a package: `parameters`, the context length, which
+    defaults to what the model was trained for, at most 8192, and how the model writes tool
+    calls (from its chat template), which the adapter reads."""
     context = min(ModelConfig.from_model_dir(weights_dir).max_position_embeddings, 8192)
-    return {"max_model_len": str(context), **parameters}
+    tool_call_format = detect_format(read_chat_template(weights_dir))
+    return {"max_model_len": str(context), "tool_call_format": tool_call_format, **parameters}
 
 
 @contextlib.contextmanager
