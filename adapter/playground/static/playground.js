@@ -120,7 +120,8 @@
     else Markdown.renderPlain(text, container);
   }
 
-  // Repaints at most once a frame while tokens arrive.
+  // Repaints at most once a frame while tokens arrive; follows the answer down unless the
+  // reader scrolled up.
   function painter(container, text) {
     let scheduled = false;
     return () => {
@@ -128,8 +129,10 @@
       scheduled = true;
       requestAnimationFrame(() => {
         scheduled = false;
+        const log = ui.messages;
+        const following = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
         renderContent(container, text());
-        ui.messages.scrollTop = ui.messages.scrollHeight;
+        if (following) log.scrollTop = log.scrollHeight;
       });
     };
   }
