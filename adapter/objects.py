@@ -99,16 +99,21 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class FunctionCallDelta(BaseModel):
-    name: str | None = None
-    arguments: str | None = None
+class _Delta(BaseModel):
+    """A streamed delta: OpenAI's carry only what changed, so null fields are left out
+    ({"role": ...} first, then {"content": ...})."""
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: Any) -> dict[str, Any]:
         return {key: value for key, value in handler(self).items() if value is not None}
 
 
-class ToolCallDelta(BaseModel):
+class FunctionCallDelta(_Delta):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Delta):
     """A streamed call: index, id, type and name first (arguments ""), then arguments."""
 
     index: int
@@ -116,20 +121,11 @@ class ToolCallDelta(BaseModel):
     type: Literal["function"] | None = None
     function: FunctionCallDelta
 
-    @model_serializer(mode="wrap")
-    def _drop_unset(self, handler: Any) -> dict[str, Any]:
-        return {key: value for key, value in handler(self).items() if value is not None}
 
-
-class ChatDelta(BaseModel):
+class ChatDelta(_Delta):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_unset(self, handler: Any) -> dict[str, Any]:
-        # OpenAI's deltas carry only what changed: {"role": ...} first, then {"content": ...}.
-        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChatChunkChoice(BaseModel):

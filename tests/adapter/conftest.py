@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from fastapi import FastAPI
 
@@ -31,6 +32,16 @@ def config() -> AdapterConfig:
 @pytest.fixture
 def app(config: AdapterConfig, fake: FakeTriton) -> FastAPI:
     return create_app(config, triton_factory=lambda _config: fake)
+
+
+@pytest.fixture
+async def sdk(app: FastAPI) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official OpenAI SDK pointed at the app in-process."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport) as http:
+        yield openai.AsyncOpenAI(
+            base_url="http://adapter/v1", api_key="unused", http_client=http, max_retries=0
+        )
 
 
 @pytest.fixture

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import httpx
 import openai
 import pytest
-from fastapi import FastAPI
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def sdk(app: FastAPI) -> AsyncIterator[openai.AsyncOpenAI]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport) as http:
-        yield openai.AsyncOpenAI(
-            base_url="http://adapter/v1", api_key="unused", http_client=http, max_retries=0
-        )
 
 
 async def test_chat(sdk: openai.AsyncOpenAI) -> None:

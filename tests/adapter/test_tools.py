@@ -5,12 +5,10 @@ the generic format: what the model is asked to enforce, and the calls the client
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI
 
 from adapter.contract import GenerateInputs, ModelInfo
 from adapter.errors import InvalidRequest
@@ -54,15 +52,6 @@ def fake() -> FakeTriton:
         ModelInfo("plain-chat", max_model_len=2048),
     ]
     return FakeTriton(models=models, respond=calling)
-
-
-@pytest.fixture
-async def sdk(app: FastAPI) -> AsyncIterator[openai.AsyncOpenAI]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport) as http:
-        yield openai.AsyncOpenAI(
-            base_url="http://adapter/v1", api_key="unused", http_client=http, max_retries=0
-        )
 
 
 async def test_calls_come_back_as_tool_calls(sdk: openai.AsyncOpenAI, fake: FakeTriton) -> None:
