@@ -273,7 +273,17 @@ def test_the_output_format_box_shows_only_what_the_server_accepts(
     open_playground(page, site.url)
     page.wait_for_selector("#json-mode-field[data-probed]", state="attached")
     assert page.is_visible("#json-mode-field") == accepted
-    if not accepted:  # nothing that would be refused reaches the request
-        send_message(page, "Hi")
-        wait_answer_stats(page)
-        assert "response_format" not in json.dumps(site.fake.calls[-1][1].sampling_parameters)
+    if accepted:
+        page.select_option("#response-format", "json_schema")
+        page.fill("#json-schema", '{"type": "object"}')
+    send_message(page, "Hi")
+    wait_answer_stats(page)
+    page.click("button:has-text('Copy as curl')")
+    asked = json.loads(page.input_value("#snippet-text").split("-d '", 1)[1].rstrip("'"))
+    if accepted:
+        assert asked["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "playground", "schema": {"type": "object"}},
+        }
+    else:  # nothing that would be refused reaches the request
+        assert "response_format" not in asked
