@@ -1,4 +1,6 @@
-"""Serving metrics as the field defines them (vLLM's benchmark_serving, genai-perf).
+"""Serving metrics as the field defines them (vLLM's `bench serve`; genai-perf and aiperf
+name two of them otherwise: their "inter-token latency" is our TPOT, and aiperf's
+"inter-chunk latency" is our ITL; docs/benchmarks.md has the table).
 
 Per request, times are seconds from the moment the request was sent:
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +28,12 @@ class LevelResult:
     request_rate: float | None
     summary: Summary
     records: list[RequestRecord] = field(default_factory=list)
+
+    @property
+    def closed_loop(self) -> bool:
+        """A concurrency level (rate inf with a concurrency counts): what the plots show."""
+        rate = self.request_rate
+        return self.concurrency is not None and (rate is None or math.isinf(rate))
 
 
 @dataclass
@@ -169,25 +177,35 @@ def markdown_summary(runs: list[RunResult], title: str) -> str:
 
 
 def write_plots(runs: list[RunResult], directory: Path, stem: str) -> list[Path]:
-    """Throughput vs concurrency and latency percentiles vs concurrency, one line per run;
-    only levels with a concurrency (not Poisson rates) are plotted."""
-    import matplotlib
-
+    """Throughput vs concurrency and latency percentiles vs concurrency: one colour per run
+    (p50 solid, p99 dashed in that colour), a log scale on an axis whose values span more
+    than a decade. Only levels with a concurrency (not request rates) are plotted. Without
+    matplotlib (the bench extra), no plots: the other files are written all the same."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(
+            "tritium bench: no plots: matplotlib is not installed (pip install 'tritium[bench]')",
+            file=sys.stderr,
+        )
+        return []
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    plotted = [run for run in runs if any(level.request_rate is None for level in run.levels)]
+    plotted = [run for run in runs if any(level.closed_loop for level in run.levels)]
     if not plotted:
         return []
+    colours = {run.label: f"C{index % 10}" for index, run in enumerate(plotted)}
     paths = []
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for run in plotted:
-        levels = [level for level in run.levels if level.request_rate is None]
-        x = [level.concurrency for level in levels]
-        axes[0].plot(
-            x, [lv.summary.output_tokens_per_s for lv in levels], marker="o", label=run.label
-        )
-        axes[1].plot(x, [lv.summary.requests_per_s for lv in levels], marker="o", label=run.label)
+    for axis, value in zip(
+        axes, (lambda s: s.output_tokens_per_s, lambda s: s.requests_per_s), strict=True
+    ):
+        for run in plotted:
+            levels = [level for level in run.levels if level.closed_loop]
+            x = [level.concurrency for level in levels]
+            y = [value(level.summary) for level in levels]
+            axis.plot(x, y, marker="o", color=colours[run.label], label=run.label)
     for axis, ylabel in zip(axes, ("output tokens/s", "requests/s"), strict=True):
         _style(axis, ylabel)
     figure.suptitle("Throughput vs concurrency")
@@ -196,22 +214,34 @@ def write_plots(runs: list[RunResult], directory: Path, stem: str) -> list[Path]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for axis, metric in zip(axes, ("ttft", "tpot", "e2e"), strict=True):
         for run in plotted:
-            levels = [level for level in run.levels if level.request_rate is None]
+            levels = [level for level in run.levels if level.closed_loop]
             x = [level.concurrency for level in levels]
             for stat, style in (("p50_ms", "-"), ("p99_ms", "--")):
                 values = [getattr(getattr(lv.summary, metric), stat) for lv in levels]
-                axis.plot(x, values, style, marker="o", label=f"{run.label} {stat[:3]}")
+                axis.plot(
+                    x, values, style, marker="o", color=colours[run.label],
+                    label=f"{run.label} {stat[:3]}",
+                )  # fmt: skip
         _style(axis, f"{metric.upper()} ms")
     figure.suptitle("Latency percentiles vs concurrency (solid p50, dashed p99)")
     paths.append(_save(figure, directory / f"{stem}-latency.png"))
     return paths
 
 
+def spans_decades(values: list[float]) -> bool:
+    """True when the positive values differ by more than 10x: a log axis shows them."""
+    positive = [value for value in values if value > 0 and math.isfinite(value)]
+    return bool(positive) and max(positive) > 10 * min(positive)
+
+
 def _style(axis: Any, ylabel: str) -> None:
     axis.set_xscale("log", base=2)
+    values = [y for line in axis.get_lines() for y in line.get_ydata()]
+    if spans_decades(values):
+        axis.set_yscale("log")
     axis.set_xlabel("concurrency")
     axis.set_ylabel(ylabel)
-    axis.grid(True, alpha=0.3)
+    axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=7)
 
 

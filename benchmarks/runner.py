@@ -1,15 +1,19 @@
-"""Load generation: a fixed concurrency (closed loop) or a Poisson request rate (open
-loop), with warm-up and a progress bar."""
+"""Load generation: a fixed concurrency (closed loop) or a request rate (open loop: Poisson
+arrivals, or gamma with `burstiness` as vLLM's benchmark does), with warm-up and tqdm's
+progress bar."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
+
+from tqdm import tqdm
 
 from benchmarks.clients import Backend
 from benchmarks.metrics import RequestRecord
@@ -18,11 +22,16 @@ from benchmarks.workloads import BenchRequest
 
 @dataclass(frozen=True)
 class Load:
-    """How requests are sent: `concurrency` requests always in flight, or Poisson
-    arrivals at `request_rate` per second (at most `concurrency` in flight when set)."""
+    """How requests are sent: `concurrency` requests always in flight (closed loop), or
+    arrivals at `request_rate` per second (at most `concurrency` in flight when set). A rate
+    of inf sends everything at once, which with a concurrency is the closed loop again:
+    what vLLM's `--request-rate inf --max-concurrency N` means."""
 
     concurrency: int | None = None
     request_rate: float | None = None
+    # Gamma-distributed gaps with this shape; 1.0 = Poisson (exponential gaps), lower =
+    # burstier, higher = more even (vLLM's --burstiness).
+    burstiness: float = 1.0
 
     def __post_init__(self) -> None:
         if self.concurrency is None and self.request_rate is None:
@@ -31,6 +40,12 @@ class Load:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.request_rate is not None and self.request_rate <= 0:
             raise ValueError(f"request rate must be > 0, got {self.request_rate}")
+        if self.burstiness <= 0:
+            raise ValueError(f"burstiness must be > 0, got {self.burstiness}")
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.request_rate is None or math.isinf(self.request_rate)
 
     @property
     def label(self) -> str:
@@ -41,27 +56,16 @@ class Load:
 
 
 class Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+    """tqdm's bar on stderr, one tick per finished request."""
 
     def __init__(self, total: int, label: str, enabled: bool, stream: TextIO = sys.stderr) -> None:
-        self.total, self.label, self.enabled, self.stream = total, label, enabled, stream
-        self.done = 0
-        self.started = time.perf_counter()
-        self.drawn_at = 0.0
+        self.bar = tqdm(total=total, desc=label, unit="req", disable=not enabled, file=stream)
 
     def advance(self) -> None:
-        self.done += 1
-        now = time.perf_counter()
-        if self.enabled and (now - self.drawn_at > 0.1 or self.done == self.total):
-            self.drawn_at = now
-            width = 30
-            filled = width * self.done // max(self.total, 1)
-            rate = self.done / max(now - self.started, 1e-9)
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r{self.label}: [{bar}] {self.done}/{self.total} {rate:.1f} req/s")
-            if self.done == self.total:
-                self.stream.write("\n")
-            self.stream.flush()
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 async def _one(
@@ -95,8 +99,9 @@ async def run_load(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(time_limit_s):
-            if load.request_rate is None:
-                await _closed_loop(backend, requests, load.concurrency or 1, records, progress)
+            if load.closed_loop:
+                in_flight = load.concurrency or len(requests)  # rate inf, no cap: all at once
+                await _closed_loop(backend, requests, in_flight, records, progress)
             else:
                 await _open_loop(backend, requests, load, random.Random(seed), records, progress)
     except TimeoutError:
@@ -139,10 +144,13 @@ async def _open_loop(
         async with limit:
             await _one(backend, request, records, progress)
 
+    # Gamma gaps of mean 1 / rate; shape 1 is the exponential (Poisson arrivals).
+    shape = load.burstiness
+    scale = 1 / (load.request_rate * shape)
     tasks = []
     for request in requests:
         tasks.append(asyncio.create_task(limited(request)))
-        await asyncio.sleep(rng.expovariate(load.request_rate))  # Poisson arrivals
+        await asyncio.sleep(rng.gammavariate(shape, scale))
     await asyncio.gather(*tasks)
 
 

@@ -1,5 +1,7 @@
 """Seeded, reproducible workloads: the prompts and output lengths of a benchmark.
 
+Synthetic ones are built here; `sharegpt` and `custom` read a file (benchmarks/datasets.py).
+
 Prompts are words drawn from a fixed pool. With a tokenizer the pool is narrowed to
 words that are exactly one token after a space, so a prompt of N words is N tokens
 (byte-level BPE never merges across the space before a word); without one, a prompt is
@@ -91,11 +93,14 @@ def random_lengths(
     input_range: tuple[int, int],
     output_range: tuple[int, int],
     prompts: PromptFactory,
+    prefix_len: int = 0,
 ) -> list[BenchRequest]:
-    """Lengths uniform in the inclusive ranges."""
+    """Lengths uniform in the inclusive ranges, after a prefix of `prefix_len` tokens that
+    every prompt shares (vLLM's --random-prefix-len)."""
     rng = prompts.rng
+    prefix = prompts.text(prefix_len) + " " if prefix_len else ""
     return [
-        BenchRequest(prompts.text(rng.randint(*input_range)), rng.randint(*output_range))
+        BenchRequest(prefix + prompts.text(rng.randint(*input_range)), rng.randint(*output_range))
         for _ in range(num_requests)
     ]
 
@@ -126,7 +131,8 @@ def shared_prefix(
     return [BenchRequest(prompts.text(suffix_len), output_len, system) for _ in range(num_requests)]
 
 
-WORKLOAD_NAMES = ("fixed", "random", "conversation", "shared-prefix")
+WORKLOAD_NAMES = ("fixed", "random", "conversation", "shared-prefix", "sharegpt", "custom")
+FILE_WORKLOADS = ("sharegpt", "custom")
 
 
 @dataclass(frozen=True)
@@ -138,14 +144,23 @@ class WorkloadSpec:
     output_len: int = 128
     input_range: tuple[int, int] = (32, 512)
     output_range: tuple[int, int] = (32, 256)
-    prefix_len: int = 512
+    prefix_len: int = 512  # shared-prefix: the system prompt's tokens
+    random_prefix_len: int = 0  # random: tokens every prompt starts with
     seed: int = 0
     tokenizer_path: Path | None = None
+    dataset_path: Path | None = None  # sharegpt, custom
+    # sharegpt: output tokens of every request (None = the length of each reply)
+    fixed_output_len: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in WORKLOAD_NAMES:
             raise ValueError(
                 f"workload must be one of {', '.join(WORKLOAD_NAMES)}, got {self.name!r}"
+            )
+        if (self.name in FILE_WORKLOADS) != (self.dataset_path is not None):
+            raise ValueError(
+                f"--dataset-path goes with --dataset-name {' or '.join(FILE_WORKLOADS)} "
+                f"(got --dataset-name {self.name}, --dataset-path {self.dataset_path})"
             )
         for label, (low, high) in (("input", self.input_range), ("output", self.output_range)):
             if not 1 <= low <= high:
@@ -158,9 +173,28 @@ class WorkloadSpec:
         if self.name == "fixed":
             return fixed(num_requests, self.input_len, self.output_len, prompts)
         if self.name == "random":
-            return random_lengths(num_requests, self.input_range, self.output_range, prompts)
+            return random_lengths(
+                num_requests, self.input_range, self.output_range, prompts, self.random_prefix_len
+            )
+        if self.name in FILE_WORKLOADS:
+            return self._from_file(num_requests, seed_offset)
         if self.name == "conversation":
             return conversation_mix(num_requests, prompts)
         return shared_prefix(
             num_requests, self.prefix_len, self.input_len, self.output_len, prompts
         )
+
+    def _from_file(self, num_requests: int, seed_offset: int) -> list[BenchRequest]:
+        from benchmarks.datasets import jsonl_pairs, sharegpt_pairs, token_counter
+
+        assert self.dataset_path is not None
+        if self.name == "sharegpt":
+            count = token_counter(self.tokenizer_path)
+            seed = self.seed + seed_offset
+            pairs = sharegpt_pairs(self.dataset_path, seed, count, self.fixed_output_len)
+        else:
+            pairs = jsonl_pairs(self.dataset_path, self.fixed_output_len or self.output_len)
+        # Warm-up (seed_offset) takes its requests from the end, so measured ones differ.
+        if seed_offset:
+            pairs = pairs[::-1]
+        return [BenchRequest(*pairs[index % len(pairs)]) for index in range(num_requests)]

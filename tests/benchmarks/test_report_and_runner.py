@@ -131,3 +131,81 @@ def test_writers_produce_json_csv_markdown_and_plots(tmp_path: Path) -> None:
     assert saved[0]["levels"][0]["records"][0]["output_tokens"] == 4
     assert "| ours | concurrency 1 |" in (tmp_path / "result.md").read_text()
     assert (tmp_path / "result-throughput.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rate_inf_sends_everything_at_once_or_up_to_the_cap() -> None:
+    requests = WorkloadSpec(input_len=4, output_len=2).build(12)
+    for load, most in ((Load(None, float("inf")), 12), (Load(5, float("inf")), 5)):
+        backend = FakeBackend()
+        progress = Progress(len(requests), "test", enabled=False)
+        records, _ = asyncio.run(run_load(backend, requests, load, 0, progress))
+        assert len(records) == 12 and backend.most_in_flight == most
+
+
+def test_the_progress_bar_is_tqdm() -> None:
+    import io
+
+    stream = io.StringIO()
+    progress = Progress(4, "level", enabled=True, stream=stream)
+    for _ in range(4):
+        progress.advance()
+    progress.close()
+    assert "level: 100%" in stream.getvalue() and "4/4" in stream.getvalue()
+
+
+def test_plots_give_each_run_one_colour_and_a_log_axis_over_decades(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import report
+
+    def level(concurrency: int, ttft_s: float) -> LevelResult:
+        record = RequestRecord(
+            sent_at=0.0, input_tokens=8, output_tokens=4, chunk_times=[ttft_s], latency=ttft_s + 0.3
+        )
+        summary = summarize([record], 1.0, None)
+        return LevelResult(f"concurrency {concurrency}", concurrency, None, summary, [record])
+
+    runs = [
+        RunResult("ours", {}, [level(1, 0.01), level(32, 2.0)]),  # TTFT spans 200x
+        RunResult("peer", {}, [level(1, 0.02), level(32, 3.0)]),
+    ]
+    seen: list = []
+    original = report._save
+
+    def keep(figure, path):  # noqa: ANN001, ANN202
+        seen.append(figure)
+        figure.savefig(path)
+        return path
+
+    report._save = keep
+    try:
+        report.write_plots(runs, tmp_path, "x")
+    finally:
+        report._save = original
+    ttft_axis = seen[1].axes[0]
+    colours = {}
+    for line in ttft_axis.get_lines():
+        run_label = line.get_label().rsplit(" ", 1)[0]
+        colours.setdefault(run_label, set()).add(line.get_color())
+    assert all(len(found) == 1 for found in colours.values())  # p50 and p99: one colour
+    assert len({next(iter(found)) for found in colours.values()}) == 2  # runs differ
+    assert ttft_axis.get_yscale() == "log"
+    assert seen[0].axes[1].get_yscale() == "linear"  # requests/s: 1 and 1, no decades
+    for figure in seen:
+        plt.close(figure)
+
+
+def test_without_matplotlib_the_other_files_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    records = [RequestRecord(sent_at=0.0, output_tokens=2, chunk_times=[0.1], latency=0.2)]
+    levels = [LevelResult("concurrency 1", 1, None, summarize(records, 1.0, None), records)]
+    paths = write_all([RunResult("ours", {}, levels)], tmp_path, "r", "T")
+    assert {path.name for path in paths} == {"r.json", "r.csv", "r.md"}
+    assert "matplotlib is not installed" in capsys.readouterr().err

@@ -50,6 +50,8 @@ def test_bad_ranges_are_refused() -> None:
     with pytest.raises(ValueError, match="--input-range"):
         WorkloadSpec(name="random", input_range=(10, 2))
     with pytest.raises(ValueError, match="workload must be one of"):
+        WorkloadSpec(name="sharegpt-ish")
+    with pytest.raises(ValueError, match="--dataset-path goes with"):
         WorkloadSpec(name="sharegpt")
 
 
