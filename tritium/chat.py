@@ -273,6 +273,9 @@ def repl(
                     print(f"  {name:8} {meaning}")
             print("  Ctrl-C   stop the answer being written")
             continue
+        if command.split()[0] in (*COMMANDS, "/quit"):  # with arguments, or /reset in generate
+            print(f"{command!r} is not a command here (/help lists them)")
+            continue
         try:
             on_line(line)
         except KeyboardInterrupt:  # between two answers' pieces of work: still not an exit
@@ -282,6 +285,8 @@ def repl(
 def _run(args: argparse.Namespace, work: Callable[[Model], int]) -> int:
     try:
         client, model = open_model(args)
+    except KeyboardInterrupt:  # while connecting
+        return 130
     except ClientError as error:
         print(f"tritium: error: {error}", file=sys.stderr)
         return 1

@@ -220,12 +220,18 @@ def test_stats_use_the_servers_counts() -> None:
 
 
 def test_repl_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    lines = iter(["", "  ", "/help", "hello", "/reset", "/exit", "never read"])
+    lines = iter(["", "  ", "/help", "hello", "/reset", "/exit now", "/usr is", "/exit", "never"])
     asked: list[str] = []
     resets: list[bool] = []
     assert repl(PROMPT, asked.append, lambda: resets.append(True), read=lambda _: next(lines)) == 0
-    assert asked == ["hello"] and resets == [True]
-    assert "/reset" in capsys.readouterr().out
+    assert asked == ["hello", "/usr is"] and resets == [True]
+    shown = capsys.readouterr().out
+    assert "/reset" in shown and "'/exit now' is not a command here" in shown
+
+    lines = iter(["/reset", "/help"])  # generate: no conversation to forget
+    assert repl(PROMPT, asked.append, None, read=lambda _: next(lines, "/exit")) == 0
+    shown = capsys.readouterr().out
+    assert "'/reset' is not a command here" in shown and "/reset" not in shown.split("\n", 1)[1]
 
 
 def test_the_serve_banner_points_to_the_playground_and_the_terminal_chat() -> None:
