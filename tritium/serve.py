@@ -255,7 +255,7 @@ def usage_banner(options: ServeOptions, model_names: list[str]) -> str:
         f"Tritium is serving {', '.join(model_names) or 'no models'} at {base_url}/v1\n"
         f"Try:\n  curl {base_url}/v1/chat/completions -H 'Content-Type: application/json'"
         f"{authorization} -d '{body}'\n"
-        f"Playground (chat in the browser): {base_url}/\n"
+        f"Playground (chat in the browser): {base_url}/  API reference: {base_url}/docs\n"
         f"Terminal chat: {tritium_command()} chat --url {base_url}\n"
         "Press Ctrl-C to stop."
     )

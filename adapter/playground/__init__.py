@@ -1,4 +1,5 @@
-"""The web playground: a static page at `/` that talks to this server's own `/v1` API.
+"""The web playground: a static page at `/` that talks to this server's own `/v1` API,
+and an API reference at `/docs` drawn from `/openapi.json`.
 
 The files in `static/` are read once, when the app is built, and served from memory.
 Each script and stylesheet URL in the page carries a hash of the file
@@ -17,6 +18,7 @@ answers 401).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,9 @@ from fastapi.responses import Response
 from adapter.errors import NotFound
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-INDEX = "index.html"
+# URL -> page: the playground, and an API reference drawn from /openapi.json (FastAPI's own
+# Swagger UI and ReDoc pages load their scripts from a CDN, so they stay off).
+PAGES = {"/": "index.html", "/docs": "docs.html"}
 ASSET_MEDIA_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 ASSET_PREFIX = "/playground/"
 
@@ -75,14 +79,18 @@ def load_assets(static_dir: Path = STATIC_DIR) -> dict[str, StaticFile]:
     }
 
 
-def render_index(assets: dict[str, StaticFile], static_dir: Path = STATIC_DIR) -> StaticFile:
-    """index.html with each `{{name}}` placeholder replaced by that asset's versioned URL."""
-    page = (static_dir / INDEX).read_text(encoding="utf-8")
-    for name, asset in assets.items():
-        page = page.replace("{{" + name + "}}", f"{ASSET_PREFIX}{name}?v={asset.version}")
+def render_page(
+    name: str, assets: dict[str, StaticFile], static_dir: Path = STATIC_DIR
+) -> StaticFile:
+    """The page `name` with each `{{asset}}` placeholder replaced by its versioned URL."""
+    page = (static_dir / name).read_text(encoding="utf-8")
+    for asset_name, asset in assets.items():
+        page = page.replace(
+            "{{" + asset_name + "}}", f"{ASSET_PREFIX}{asset_name}?v={asset.version}"
+        )
     if "{{" in page:
         unknown = page[page.index("{{") :].split("}}", 1)[0] + "}}"
-        raise ValueError(f"{INDEX} names an asset that is not in {static_dir}: {unknown}")
+        raise ValueError(f"{name} names an asset that is not in {static_dir}: {unknown}")
     return StaticFile.of(page.encode(), "text/html; charset=utf-8")
 
 
@@ -93,14 +101,19 @@ def _answer(request: Request, file: StaticFile, cache_control: str, **headers: s
     return Response(file.body, media_type=file.media_type, headers=headers)
 
 
+def _page(file: StaticFile) -> Callable[[Request], Awaitable[Response]]:
+    async def page(request: Request) -> Response:
+        return _answer(request, file, REVALIDATE, **PAGE_HEADERS)
+
+    return page
+
+
 def playground_router(static_dir: Path = STATIC_DIR) -> APIRouter:
     assets = load_assets(static_dir)
-    index = render_index(assets, static_dir)
     router = APIRouter(include_in_schema=False)
 
-    @router.get("/")
-    async def page(request: Request) -> Response:
-        return _answer(request, index, REVALIDATE, **PAGE_HEADERS)
+    for url, name in PAGES.items():
+        router.add_api_route(url, _page(render_page(name, assets, static_dir)), methods=["GET"])
 
     @router.get(ASSET_PREFIX + "{name}")
     async def asset(name: str, request: Request) -> Response:

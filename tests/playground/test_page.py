@@ -287,3 +287,24 @@ def test_the_output_format_box_shows_only_what_the_server_accepts(
         }
     else:  # nothing that would be refused reaches the request
         assert "response_format" not in asked
+
+
+def test_the_api_reference_at_docs_works_offline(page: Any, start_site: StartSite) -> None:
+    site = start_site(api_keys=("sesame",))  # the reference needs no key, like the schema
+    page.goto(site.url + "/docs")
+    page.wait_for_selector("#reference[aria-busy='false']", state="attached")
+    assert page.is_hidden("#error")
+    titles = page.locator(".operation h2").all_inner_texts()
+    assert "POST /v1/chat/completions" in titles and "GET /v1/models" in titles
+    chat = page.locator("section.operation", has_text="POST /v1/chat/completions")
+    assert chat.locator("h3 a").inner_text() == "ChatCompletionRequest"
+    assert "422" not in chat.inner_text()  # FastAPI lists it; the adapter never sends it
+    request = page.locator(
+        "#schema-ChatCompletionRequest + p + table, #schema-ChatCompletionRequest + table"
+    )
+    temperature = request.locator("tr", has=page.locator("code", has_text="temperature"))
+    assert "≥ 0" in temperature.inner_text() and "≤ 2" in temperature.inner_text()
+    messages = request.locator("tr", has=page.locator("code", has_text="messages")).first
+    assert "required" in messages.inner_text()
+    assert messages.locator("a").get_attribute("href") == "#schema-ChatMessage"
+    assert page.locator("#schema-ChatMessage").count() == 1

@@ -12,7 +12,7 @@ import pytest
 
 from adapter.app import create_app
 from adapter.config import AdapterConfig
-from adapter.playground import STATIC_DIR, load_assets, render_index
+from adapter.playground import PAGES, STATIC_DIR, load_assets, render_page
 from tests.adapter.fake_triton import FakeTriton
 
 pytestmark = pytest.mark.anyio
@@ -49,9 +49,11 @@ async def test_the_page_needs_no_key_and_names_every_asset_by_version(
     assert "script-src 'self'" in policy and "connect-src 'self'" in policy
     assert "unsafe-inline" not in policy
     urls = asset_urls(response.text)
-    assert sorted(url.split("?")[0].removeprefix("/playground/") for url in urls) == sorted(
-        load_assets()
-    )
+    docs = await client.get("/docs")
+    assert docs.headers["content-security-policy"] == policy
+    named = {url.split("?")[0].removeprefix("/playground/") for url in urls}
+    named |= {url.split("?")[0].removeprefix("/playground/") for url in asset_urls(docs.text)}
+    assert named == set(load_assets())  # every file is used, and every one used exists
     for url in urls:
         asset = await client.get(url)
         assert asset.status_code == 200, url
@@ -89,9 +91,10 @@ async def test_the_openapi_schema_is_served_and_leaves_the_page_out(
     assert "/v1/chat/completions" in schema["paths"]
     assert "/" not in schema["paths"]
     assert not any(path.startswith("/playground") for path in schema["paths"])
-    # FastAPI's Swagger UI and ReDoc pages load their scripts from a CDN: not served.
-    for page in ("/docs", "/redoc"):
-        assert (await client.get(page)).status_code == 404, page
+    # FastAPI's Swagger UI and ReDoc load their scripts from a CDN: /docs is our own page.
+    assert PAGES["/docs"] == "docs.html"
+    assert "cdn" not in (await client.get("/docs")).text.lower()
+    assert (await client.get("/redoc")).status_code == 404
 
 
 def test_no_file_points_at_another_host() -> None:
@@ -105,4 +108,4 @@ def test_no_file_points_at_another_host() -> None:
 def test_an_unknown_placeholder_fails_at_startup(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text('<script src="{{missing.js}}"></script>')
     with pytest.raises(ValueError, match=r"missing\.js"):
-        render_index({}, tmp_path)
+        render_page("index.html", {}, tmp_path)

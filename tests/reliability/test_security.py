@@ -34,7 +34,8 @@ PUBLIC_PATHS = {
     "/health",  # Kubernetes probes carry no key
     "/health/ready",
     "/metrics",  # Prometheus scrapes without a key (counts and latencies only)
-    "/",  # the playground's static page and files: no data; the page asks for a key on a 401
+    "/",  # the playground's static pages and files: no data; the page asks for a key on a 401
+    "/docs",
     "/playground/{name}",
 }
 

@@ -240,7 +240,10 @@ def test_the_serve_banner_points_to_the_playground_and_the_terminal_chat() -> No
 
     options = ServeOptions.from_args(build_parser().parse_args(["serve", "--port", "9000"]))
     lines = usage_banner(options, ["smollm2"]).splitlines()
-    assert "Playground (chat in the browser): http://127.0.0.1:9000/" in lines
+    assert (
+        "Playground (chat in the browser): http://127.0.0.1:9000/"
+        "  API reference: http://127.0.0.1:9000/docs"
+    ) in lines
     assert any(
         line.startswith("Terminal chat: ") and line.endswith(" chat --url http://127.0.0.1:9000")
         for line in lines
