@@ -25,6 +25,8 @@ class GenerateInputs:
     messages: list[dict[str, Any]] | None = None
     # OpenAI function tools, with messages (rendered by the model's chat template).
     tools: list[dict[str, Any]] | None = None
+    # Extra chat template variables (e.g. enable_thinking), with messages.
+    chat_template_kwargs: dict[str, Any] | None = None
     # A prompt given as token ids (completions); sent as the INT64 [-1] tensor `input_ids`.
     input_ids: list[int] | None = None
     stream: bool = True

@@ -242,6 +242,8 @@ class ChatCompletionRequest(SamplingRequest):
     safety_identifier: str | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
+    # Extra variables for the model's chat template (vLLM's field), e.g. enable_thinking.
+    chat_template_kwargs: dict[str, Any] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None  # default true, as OpenAI
     modalities: list[str] | None = None

@@ -75,6 +75,7 @@ def model_request(inputs: GenerateInputs) -> ModelRequest:
         text_input=inputs.text_input,
         messages=inputs.messages,
         tools=inputs.tools,
+        chat_template_kwargs=inputs.chat_template_kwargs,
         input_ids=inputs.input_ids,
         stream=inputs.stream,
         sampling_parameters=inputs.sampling_parameters,

@@ -76,6 +76,9 @@ class ModelRequest:
     tools: list[dict[str, Any]] | None = _input(
         "BYTES", (1,), 'with `messages`: OpenAI function tools as a JSON list, rendered by the chat template (or the generic tool prompt)'
     )  # fmt: skip
+    chat_template_kwargs: dict[str, Any] | None = _input(
+        "BYTES", (1,), "with `messages`: a JSON object of extra chat template variables (e.g. `enable_thinking`); each must be one the template reads"
+    )  # fmt: skip
     input_ids: list[int] | None = _input(
         "INT64", (-1,), "a prompt as token ids, used as they are (each checked against the vocabulary)"
     )  # fmt: skip
@@ -120,7 +123,7 @@ INPUTS: tuple[TensorSpec, ...] = tuple(
     for f in fields(ModelRequest)
 )
 _DEFAULTS = {f.name: f.metadata["default"] for f in fields(ModelRequest)}
-_JSON_INPUTS = ("messages", "tools", "sampling_parameters")
+_JSON_INPUTS = ("messages", "tools", "chat_template_kwargs", "sampling_parameters")
 PROMPT_INPUTS = ("text_input", "messages", "input_ids")
 
 OUTPUTS: tuple[TensorSpec, ...] = (

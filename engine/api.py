@@ -20,6 +20,7 @@ class GenerationRequest:
     prompt: str | None = None  # raw prompt (text_input)
     messages: list[dict] | None = None  # chat messages, templated by the model
     tools: list[dict] | None = None  # OpenAI function tools, for the chat template
+    chat_template_kwargs: dict | None = None  # extra chat template variables (enable_thinking)
     prompt_token_ids: list[int] | None = None  # a prompt already tokenized (input_ids)
     stream: bool = False  # send deltas every step; else one response at the end
     # Prepend the prompt text to each choice's output (Triton vLLM-backend semantics; echo).
@@ -35,6 +36,7 @@ class GenerationRequest:
             prompt=request.text_input,
             messages=request.messages,
             tools=request.tools,
+            chat_template_kwargs=request.chat_template_kwargs,
             prompt_token_ids=request.input_ids,
             stream=bool(request.stream),
             include_input=not request.exclude_input_in_output,

@@ -64,7 +64,9 @@ class LLMEngine:
         """Tokenize and check the request against the context; raises ContractError."""
         if request.messages is not None:
             try:
-                prompt_text = self.tokenizer.apply_chat_template(request.messages, request.tools)
+                prompt_text = self.tokenizer.apply_chat_template(
+                    request.messages, request.tools, request.chat_template_kwargs
+                )
             except MessagesError as error:
                 raise ContractError(str(error).split(": ", 1)[-1], error.field) from None
             except ValueError as error:  # the template itself refused the conversation

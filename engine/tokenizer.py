@@ -1,27 +1,26 @@
 """The model's tokenizer and chat template, loaded from the model directory only.
 
-Chat templates are code that ships with a model (often from the Hub), so they are
-rendered here in jinja2's immutable sandbox, never through
-`PreTrainedTokenizerBase.apply_chat_template`; the template always comes from the model
-directory, never from a request. The environment mirrors what Hugging Face templates
-expect (trim_blocks, lstrip_blocks, loop controls, `raise_exception`, `strftime_now`,
-the special tokens, `tools=None`), so that prompts equal transformers' own rendering.
+Chat templates are code that ships with a model (often from the Hub). They are rendered
+by transformers' `apply_chat_template`, in its immutable jinja2 sandbox (no underscore
+attributes, no mutation of the inputs, underscore-free namespaces, no file loader), with
+the template always from the model directory, never from a request. A request adds
+only variables (`chat_template_kwargs`, e.g. `enable_thinking`): each must be one the
+template reads, and none may replace what the engine passes (messages, tools, the
+template itself).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 import jinja2.nodes
 import jinja2.parser
-import jinja2.utils
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from contract.tools import detect_format, render_generic
 
@@ -30,8 +29,15 @@ _MESSAGE_FIELDS = ("content", "name", "role", "tool_calls", "tool_call_id")
 _TEMPLATE_FILE = "chat_template.jinja"
 
 
+# What the engine passes to a template; a request's chat_template_kwargs cannot replace it.
+_RESERVED_TEMPLATE_VARIABLES = frozenset(
+    {"messages", "tools", "add_generation_prompt", "chat_template", "continue_final_message",
+     "tokenize", "return_dict", "return_assistant_tokens_mask", "conversation"}
+)  # fmt: skip
+
+
 class MessagesError(ValueError):
-    """A bad chat message; `field` names it, e.g. `messages[2].role`."""
+    """A bad chat input; `field` names it, e.g. `messages[2].role`, `chat_template_kwargs.x`."""
 
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
@@ -68,8 +74,11 @@ class Tokenizer:
         self.chat_template = read_chat_template(directory)
         self.eos_token_ids = _read_eos_token_ids(directory, self.hf)
         self.tool_call_format = tool_call_format or detect_format(self.chat_template)
-        # Compiled once so that a broken template fails at model load, not per request.
-        self._template = _compile(self.chat_template) if self.chat_template is not None else None
+        # Parsed once so that a broken template fails at model load, not per request; the
+        # variables it reads are the chat_template_kwargs a request may set.
+        self.template_variables = (
+            _template_variables(self.chat_template) if self.chat_template is not None else None
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -82,39 +91,70 @@ class Tokenizer:
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: Any, tools: list[dict[str, Any]] | None = None) -> str:
-        """Validate OpenAI-style messages and render the prompt, generation prompt included."""
+    def apply_chat_template(
+        self,
+        messages: Any,
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Validate OpenAI-style messages and render the prompt, generation prompt included;
+        `template_kwargs` are a request's extra template variables (checked here)."""
         plain_messages = validate_messages(messages)
         if self.tool_call_format == "generic":
             # The template takes no tools: tools, calls and results become plain messages.
             if tools or any(m["role"] == "tool" or "tool_calls" in m for m in plain_messages):
                 plain_messages = render_generic(plain_messages, tools or [])
             tools = None
-        if self._template is None:
+        if self.chat_template is None or self.template_variables is None:
             raise ChatTemplateError(
                 "this model has no chat template (no chat_template in tokenizer_config.json "
                 f"and no {_TEMPLATE_FILE}); send a raw prompt instead of messages"
             )
-        special_tokens = {
-            name: value
-            for name, value in self.hf.special_tokens_map.items()
-            if isinstance(value, str)
-        }
-        return self._template.render(
-            **special_tokens,
-            messages=plain_messages,
-            tools=tools or None,
-            documents=None,
-            add_generation_prompt=True,
-        )
+        variables = self._checked_template_kwargs(template_kwargs or {})
+        documents = variables.pop("documents", None)
+        try:
+            return self.hf.apply_chat_template(
+                plain_messages,
+                tools=tools or None,
+                documents=documents,
+                chat_template=self.chat_template,
+                add_generation_prompt=True,
+                tokenize=False,
+                **variables,
+            )
+        except jinja2.exceptions.SecurityError:
+            raise  # a template that tried to leave the sandbox: not the request's fault
+        except jinja2.exceptions.TemplateError as error:  # its raise_exception(...)
+            raise ChatTemplateError(f"chat template: {error}") from None
+
+    def _checked_template_kwargs(self, template_kwargs: Any) -> dict[str, Any]:
+        """A request's chat_template_kwargs: an object of variables the template reads."""
+        if not isinstance(template_kwargs, Mapping):
+            raise MessagesError(
+                "chat_template_kwargs", f"must be an object; got {type(template_kwargs).__name__}"
+            )
+        assert self.template_variables is not None
+        for name in template_kwargs:
+            where = f"chat_template_kwargs.{name}"
+            if name in _RESERVED_TEMPLATE_VARIABLES:
+                raise MessagesError(where, "is set by the server, not by a request")
+            if name not in self.template_variables:
+                known = ", ".join(sorted(self.template_variables)) or "none"
+                raise MessagesError(
+                    where, f"this model's chat template does not read it (it reads: {known})"
+                )
+        return dict(template_kwargs)
 
     def token_text(self, token_id: int) -> str:
         """One token's text, special tokens included (for logprobs entries)."""
         return self.hf.decode([token_id], skip_special_tokens=False)
 
-    def encode_chat(self, messages: Any) -> list[int]:
+    def encode_chat(
+        self, messages: Any, template_kwargs: Mapping[str, Any] | None = None
+    ) -> list[int]:
         """Prompt token ids of a conversation; the template already holds any BOS token."""
-        return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
+        prompt = self.apply_chat_template(messages, template_kwargs=template_kwargs)
+        return self.encode(prompt, add_special_tokens=False)
 
 
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
@@ -152,9 +192,9 @@ def _validate_message(where: str, message: Any) -> dict[str, Any]:
     plain: dict[str, Any] = {
         "role": role,
         # An assistant message of calls only has no text (null content).
-        "content": "" if content is None and calls is not None else _content_text(
-            f"{where}.content", content
-        ),
+        "content": ""
+        if content is None and calls is not None
+        else _content_text(f"{where}.content", content),
     }
     if calls is not None:
         plain["tool_calls"] = _validate_tool_calls(f"{where}.tool_calls", calls)
@@ -254,51 +294,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _raise_exception(message: str) -> NoReturn:
-    raise ChatTemplateError(f"chat template: {message}")
-
-
-def _strftime_now(format_string: str) -> str:
-    return datetime.now().strftime(format_string)
-
-
-def _tojson(
-    value: Any,
-    ensure_ascii: bool = False,
-    indent: int | None = None,
-    separators: tuple[str, str] | None = None,
-    sort_keys: bool = False,
-) -> str:
-    # Jinja's own tojson escapes HTML characters (<, >, &), which changes prompts.
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-class _Namespace(jinja2.utils.Namespace):
-    """`namespace()` for templates; underscore names could reach CPython internals."""
-
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - mirrors jinja's signature
-        self, rest = args[0], args[1:]
-        attributes = dict(*rest, **kwargs)
-        for name in attributes:
-            _Namespace._check(name)
-        jinja2.utils.Namespace.__init__(self, attributes)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        _Namespace._check(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
-
-    @staticmethod
-    def _check(name: Any) -> None:
-        if isinstance(name, str) and name.startswith("_"):
-            raise jinja2.exceptions.SecurityError(
-                f"chat templates cannot set underscore names on a namespace, got {name!r}"
-            )
-
-
 class _GenerationTag(jinja2.ext.Extension):
-    """Accept `{% generation %}...{% endgeneration %}` (assistant masks in training) as plain text."""
+    """Parses `{% generation %}...{% endgeneration %}` (transformers renders it)."""
 
     tags = {"generation"}
 
@@ -308,14 +305,11 @@ class _GenerationTag(jinja2.ext.Extension):
         return jinja2.nodes.Scope(body).set_lineno(line)
 
 
-def _compile(chat_template: str) -> jinja2.Template:
-    environment = ImmutableSandboxedEnvironment(
-        trim_blocks=True,
-        lstrip_blocks=True,
-        extensions=[_GenerationTag, jinja2.ext.loopcontrols],
-    )
-    environment.filters["tojson"] = _tojson
-    environment.globals["raise_exception"] = _raise_exception
-    environment.globals["strftime_now"] = _strftime_now
-    environment.globals["namespace"] = _Namespace
-    return environment.from_string(chat_template)
+def _template_variables(chat_template: str) -> frozenset[str]:
+    """The variables a template reads but does not set (a syntax error raises here)."""
+    environment = jinja2.Environment(extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    try:
+        parsed = environment.parse(chat_template)
+    except jinja2.exceptions.TemplateSyntaxError as error:
+        raise ValueError(f"the model's chat template does not parse: {error}") from None
+    return frozenset(jinja2.meta.find_undeclared_variables(parsed) - _RESERVED_TEMPLATE_VARIABLES)

@@ -50,6 +50,7 @@ async def create_chat_completion(
         request_id=request_id_of(request),
         messages=body.messages_for_model(),
         tools=tools if body.uses_tools else None,
+        chat_template_kwargs=body.chat_template_kwargs,
         stream=bool(body.stream),
         sampling_parameters=sampling_parameters(body, state.config, model),
         return_logprobs=bool(body.logprobs),

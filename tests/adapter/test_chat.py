@@ -209,3 +209,19 @@ async def test_abort_finish_reason_is_503(client: httpx.AsyncClient, fake: FakeT
     )
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "server_error"
+
+
+async def test_chat_template_kwargs_go_to_the_model(
+    client: httpx.AsyncClient, fake: FakeTriton
+) -> None:
+    """vLLM's field: passed through to the model, which checks it against its template."""
+    body = {
+        "model": "tiny-chat",
+        "messages": [{"role": "user", "content": "hi"}],
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    assert fake.calls[-1][1].chat_template_kwargs == {"enable_thinking": False}
+    plain = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await client.post("/v1/chat/completions", json=plain)).status_code == 200
+    assert fake.calls[-1][1].chat_template_kwargs is None

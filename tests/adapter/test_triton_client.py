@@ -449,3 +449,22 @@ async def test_backends_pick_the_least_loaded() -> None:
     assert backends.in_flight == [0, 0] and first.cancelled == 1 == second.cancelled
     assert await backends.list_models() == first.models
     assert isinstance((await backends.list_models())[0], ModelInfo)
+
+
+def test_chat_template_kwargs_travel_as_a_json_tensor() -> None:
+    from contract.tensors import decode_request
+
+    inputs = GenerateInputs(
+        "r3",
+        messages=[{"role": "user", "content": "x"}],
+        chat_template_kwargs={"enable_thinking": False},
+    )
+    tensors = {tensor.name(): tensor for tensor in infer_inputs(model_request(inputs))}
+    sent = tensors["chat_template_kwargs"]._get_content()
+    assert json.loads(sent[4:].decode()) == {"enable_thinking": False}
+    assert "chat_template_kwargs" not in {
+        t.name() for t in infer_inputs(model_request(GenerateInputs("r4", text_input="x")))
+    }
+    # What the model decodes from those tensors.
+    arrays = {spec.name: array for spec, array in model_request(inputs).to_arrays()}
+    assert decode_request(arrays.get).chat_template_kwargs == {"enable_thinking": False}

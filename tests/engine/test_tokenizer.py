@@ -317,3 +317,50 @@ def test_bad_tool_messages_name_the_field(smollm2: Tokenizer, message: dict, fie
     with pytest.raises(MessagesError) as error:
         smollm2.apply_chat_template([message], TOOLS)
     assert error.value.field == field
+
+
+THINKING_TEMPLATE = """\
+{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}
+{% endfor %}{% if documents %}{% for d in documents %}[doc] {{ d['title'] }}: {{ d['text'] }}
+{% endfor %}{% endif %}{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}{% endif %}"""
+
+
+def test_chat_template_kwargs_reach_the_template(smollm2_dir: Path, tmp_path: Path) -> None:
+    """As vLLM passes them: chat_template_kwargs={"enable_thinking": False} switches the
+    template's branch; `documents` goes to the template's documents."""
+    tokenizer = Tokenizer(_copy_with_template(smollm2_dir, tmp_path / "model", THINKING_TEMPLATE))
+    assert tokenizer.template_variables == {"enable_thinking", "documents"}
+    messages = [{"role": "user", "content": "hi"}]
+    assert tokenizer.apply_chat_template(messages).endswith("<|assistant|>")
+    off = tokenizer.apply_chat_template(messages, template_kwargs={"enable_thinking": False})
+    assert off.endswith("<|assistant|><think></think>")
+    expected = tokenizer.hf.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    assert off == expected
+    documents = [{"title": "T", "text": "body"}]
+    with_documents = tokenizer.apply_chat_template(
+        messages, template_kwargs={"documents": documents}
+    )
+    assert "[doc] T: body" in with_documents
+
+
+@pytest.mark.parametrize(
+    ("template_kwargs", "field", "message"),
+    [
+        ({"enable_thinking": False, "temperature": 0}, "chat_template_kwargs.temperature", "does not read it"),
+        ({"chat_template": "{{ 7 * 7 }}"}, "chat_template_kwargs.chat_template", "set by the server"),
+        ({"messages": []}, "chat_template_kwargs.messages", "set by the server"),
+        ({"add_generation_prompt": False}, "chat_template_kwargs.add_generation_prompt", "set by the server"),
+        (["enable_thinking"], "chat_template_kwargs", "must be an object"),
+    ],
+)  # fmt: skip
+def test_chat_template_kwargs_cannot_replace_the_template_or_its_inputs(
+    smollm2_dir: Path, tmp_path: Path, template_kwargs: object, field: str, message: str
+) -> None:
+    tokenizer = Tokenizer(_copy_with_template(smollm2_dir, tmp_path / "model", THINKING_TEMPLATE))
+    with pytest.raises(MessagesError, match=message) as caught:
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}], template_kwargs=template_kwargs
+        )  # type: ignore[arg-type]
+    assert caught.value.field == field

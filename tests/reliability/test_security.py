@@ -19,11 +19,11 @@ import jinja2.exceptions
 import pytest
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, Route
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from adapter.app import create_app
 from adapter.config import AdapterConfig
 from adapter.schemas import ChatCompletionRequest, CompletionRequest
-from engine.tokenizer import _compile
 from tests.adapter.fake_triton import FakeTriton
 from tests.conftest import REPO_ROOT
 from tritium import tritonserver
@@ -139,21 +139,32 @@ async def test_cors_denies_by_default() -> None:
 
 
 def test_chat_templates_render_in_a_sandbox() -> None:
+    """engine/tokenizer.py renders through transformers' apply_chat_template: its
+    environment is the immutable sandbox (checked here, so a transformers that dropped it
+    would fail this test)."""
     escape = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(jinja2.exceptions.SecurityError):
-        _compile(escape).render(messages=[])
+        render_jinja_template([[]], chat_template=escape)
     mutate = "{% set items = [] %}{{ items.append(1) }}"
     with pytest.raises(jinja2.exceptions.SecurityError):
-        _compile(mutate).render(messages=[])
+        render_jinja_template([[]], chat_template=mutate)
+    source = (REPO_ROOT / "engine" / "tokenizer.py").read_text()
+    assert "chat_template=self.chat_template" in source  # the model's template, never another
 
 
 def test_no_request_field_carries_a_template() -> None:
-    """The request schemas reject unknown fields, and none of theirs names a template."""
+    """The request schemas reject unknown fields; the one field named for the template
+    carries variables only, and the engine refuses one that would replace the template
+    (tests/engine/test_tokenizer.py::test_chat_template_kwargs_cannot_replace_the_template_or_its_inputs)."""
     for schema in (ChatCompletionRequest, CompletionRequest):
         assert schema.model_config.get("extra") == "forbid"
-        assert not [name for name in schema.model_fields if "template" in name], schema
-    source = (REPO_ROOT / "engine" / "tokenizer.py").read_text()
-    assert "apply_chat_template(" in source and "hf.apply_chat_template" not in source
+        named = [name for name in schema.model_fields if "template" in name]
+        assert named == (["chat_template_kwargs"] if schema is ChatCompletionRequest else []), (
+            schema
+        )
+    from engine.tokenizer import _RESERVED_TEMPLATE_VARIABLES
+
+    assert {"chat_template", "messages", "tools"} <= _RESERVED_TEMPLATE_VARIABLES
 
 
 def test_triton_binds_loopback_with_model_control_off() -> None:
