@@ -308,3 +308,54 @@ def test_the_api_reference_at_docs_works_offline(page: Any, start_site: StartSit
     assert "required" in messages.inner_text()
     assert messages.locator("a").get_attribute("href") == "#schema-ChatMessage"
     assert page.locator("#schema-ChatMessage").count() == 1
+
+
+MARKDOWN_CASES = [
+    ("Hello **bold** and *it*", "<p>Hello <strong>bold</strong> and <em>it</em></p>"),
+    ("snake_case_name and __init__", "<p>snake_case_name and <strong>init</strong></p>"),
+    ("a `<b>` b", "<p>a <code>&lt;b&gt;</code> b</p>"),
+    ("# Title\ntext", "<h3>Title</h3><p>text</p>"),
+    ("- one\n- two\n  more", "<ul><li>one</li><li>two<br>more</li></ul>"),
+    ("3. three\n4. four", '<ol start="3"><li>three</li><li>four</li></ol>'),
+    ("> quoted", "<blockquote>quoted</blockquote>"),
+    ("```py\nx = 1\n```", '<pre><code data-language="py">x = 1</code></pre>'),
+    ("```\nstill streaming", "<pre><code>still streaming</code></pre>"),
+    ("[a](https://x.org/y) [b](data:text/html,x)", '<p><a href="https://x.org/y" '
+     'rel="noopener noreferrer nofollow" target="_blank">a</a> [b](data:text/html,x)</p>'),
+    ("line one\nline two\n\n---\n", "<p>line one<br>line two</p><hr>"),
+]  # fmt: skip
+
+
+def test_markdown_covers_what_models_write(page: Any, start_site: StartSite) -> None:
+    site = start_site()
+    open_playground(page, site.url)
+    for text, html in MARKDOWN_CASES:
+        rendered = page.evaluate(
+            """(text) => { const box = document.createElement('div');
+                           TritiumMarkdown.render(text, box); return box.innerHTML; }""",
+            text,
+        )
+        assert rendered == html, text
+
+
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter((node) => !(node.labels && node.labels.length) && !node.getAttribute('aria-label')
+    && !node.getAttribute('aria-labelledby') && !(node.tagName === 'BUTTON' && node.textContent.trim()))
+  .map((node) => node.outerHTML)"""
+
+
+def test_every_control_has_a_label_and_the_tabs_follow_the_keyboard(
+    page: Any, start_site: StartSite
+) -> None:
+    site = start_site()
+    open_playground(page, site.url)
+    send_message(page, "Hi")  # an answer adds its own buttons
+    wait_answer_stats(page)
+    page.click(".message.user button:has-text('Edit')")  # and an editor
+    assert page.evaluate(UNLABELLED) == []
+    page.focus("#tab-chat")
+    page.keyboard.press("ArrowRight")
+    assert page.get_attribute("#tab-generate", "aria-selected") == "true"
+    assert page.is_visible("#panel-generate") and page.is_hidden("#panel-chat")
+    page.keyboard.press("ArrowLeft")
+    assert page.is_visible("#panel-chat")
