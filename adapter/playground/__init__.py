@@ -5,8 +5,9 @@ The files in `static/` are read once, when the app is built, and served from mem
 Each script and stylesheet URL in the page carries a hash of the file
 (`/playground/playground.js?v=<hash>`), so a browser caches them for good and asks
 again only after an upgrade; the page itself is revalidated by its ETag (a 304 when
-unchanged). The page polls nothing: it asks for `/v1/models` when it loads and sends
-a request when the user does.
+unchanged). The page polls nothing: when it loads it asks for `/v1/models` and sends one
+request that checks whether `response_format` is accepted (it generates nothing); then a
+request when the user sends one.
 
 The page is served with a Content-Security-Policy that allows scripts, styles and
 connections from this origin only: no CDN, nothing leaves the server's address, and
