@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from adapter.settings import load
 from tritium import tritonserver
@@ -55,6 +56,12 @@ def main(argv: Sequence[str]) -> int:
         return 2
     command = tritonserver.build_command(options)
     environment = tritonserver.server_environment(options.executable)
+    # exec keeps the pid: the liveness probe finds tritonserver (and its stubs) by it.
+    pid_path = Path(os.environ.get("TRITIUM_TRITON_PID_FILE") or "/tmp/tritium-tritonserver.pid")
+    try:
+        pid_path.write_text(f"{os.getpid()}\n")
+    except OSError as error:
+        print(f"exec_tritonserver: cannot write {pid_path} ({error}); liveness cannot see stubs")
     print(f"# {tritonserver.format_command(command)}", flush=True)
     os.execve(command[0], command, environment)  # signals now go to tritonserver itself
     return 0  # not reached

@@ -155,7 +155,8 @@ def test_triton_deployment_matches_the_image_and_the_code() -> None:
         "metrics": int(env["TRITIUM_METRICS_PORT"]),
     }
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # Liveness sees a dead Python-backend stub (tests/docker/test_entrypoints.py kills one).
+    assert container["livenessProbe"]["exec"]["command"] == ["python3", *HEALTHCHECK, "triton-live"]
     assert probe_port(container, "readinessProbe") == int(env["TRITIUM_HTTP_PORT"])
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}

@@ -189,3 +189,49 @@ def test_entrypoints_start_a_stack_that_answers_a_chat_request(
     for process in (adapter, triton):
         process.send_signal(signal.SIGTERM)
         assert process.wait(45) is not None
+
+
+@pytest.mark.e2e
+def test_liveness_fails_when_a_stub_dies_under_the_triton_entrypoint(
+    tmp_path: Path, processes: ExitStack
+) -> None:
+    """The Kubernetes liveness probe (`healthcheck.py triton-live`) on the real tritonserver
+    started by the image's entrypoint: Triton keeps answering ready after its Python-backend
+    stub is killed, the probe does not."""
+    from benchmarks.null_model import write_null_repository
+    from tritium.process import group_processes
+
+    repository = write_null_repository(tmp_path / "models", {"null-1": 1, "null-4": 4})
+    http_port, grpc_port, metrics_port = (free_port() for _ in range(3))
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "TRITIUM_MODEL_REPOSITORY": str(repository),
+        "TRITIUM_HTTP_PORT": str(http_port),
+        "TRITIUM_GRPC_PORT": str(grpc_port),
+        "TRITIUM_METRICS_PORT": str(metrics_port),
+        "TRITIUM_TRITON_PID_FILE": str(tmp_path / "tritonserver.pid"),
+    }
+    log = tmp_path / "triton.log"
+    triton = start([str(DOCKER_DIR / "entrypoint-triton.sh")], env, log, processes)
+    wait_healthy("triton", env, triton, log)
+    assert int((tmp_path / "tritonserver.pid").read_text()) == triton.pid  # exec all the way
+    assert run_healthcheck("triton-live", env) == 0
+
+    stubs = [
+        pid
+        for pid, name in group_processes(triton.pid).items()
+        if name.startswith("triton_python_b")
+    ]
+    assert len(stubs) == 2  # one per model instance
+    os.kill(stubs[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while stubs[0] in group_processes(triton.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    command = [sys.executable, str(DOCKER_DIR / "healthcheck.py"), "triton-live"]
+    probe = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert probe.returncode == 1
+    assert "a Python backend stub died (1 of 2 alive)" in probe.stderr
+    assert run_healthcheck("triton", env) == 0  # what an HTTP probe sees: still ready
