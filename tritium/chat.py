@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import httpx
-
-from tritium.client import Client, ClientError, Model
+if TYPE_CHECKING:  # httpx loads when a command runs, not when `tritium --help` lists it
+    from tritium.client import Client, Model
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 HISTORY_LENGTH = 1000
@@ -228,6 +227,8 @@ def dim(text: str, stream: TextIO) -> str:
 
 
 def open_model(args: argparse.Namespace) -> tuple[Client, Model]:
+    from tritium.client import Client, ClientError
+
     client = Client(args.url, api_key=args.api_key)
     try:
         model_id = args.model
@@ -283,6 +284,10 @@ def repl(
 
 
 def _run(args: argparse.Namespace, work: Callable[[Model], int]) -> int:
+    import httpx
+
+    from tritium.client import ClientError
+
     try:
         client, model = open_model(args)
     except KeyboardInterrupt:  # while connecting
@@ -300,6 +305,10 @@ def _run(args: argparse.Namespace, work: Callable[[Model], int]) -> int:
 
 
 def _answer_or_report(ask: Callable[[], Answer], args: argparse.Namespace) -> Answer | None:
+    import httpx
+
+    from tritium.client import ClientError
+
     try:
         answer = ask()
     except ClientError as error:
