@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from contract.tools import FORMATS
+from engine import architectures as architectures_module
+from engine.architectures import SUPPORTED_ARCHITECTURES, MoEConfig, RopeSpec
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,16 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
     torch_dtype: str  # as saved in config.json ("bfloat16", "float32", ...)
+    # What some architectures add (engine.architectures reads them from config.json):
+    # per layer, its sliding window (a query at p sees keys p - window < k <= p) or None
+    # for a global layer; () = no windows.
+    layer_windows: tuple[int | None, ...] = ()
+    hidden_act: str = "silu"  # the MLP gate's activation (transformers' ACT2FN name)
+    attention_scale: float | None = None  # the factor on q·k; None = head_dim ** -0.5
+    attention_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+    final_softcap: float | None = None  # the same on the output logits (Gemma 2)
+    sliding_rope: RopeSpec | None = None  # the sliding layers' own RoPE (Gemma 3)
+    moe: MoEConfig | None = None  # mixture of experts (Mixtral, Qwen-MoE)
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -53,6 +65,27 @@ class ModelConfig:
                 f"num_attention_heads {self.num_heads} is not a multiple of "
                 f"num_key_value_heads {self.num_kv_heads}"
             )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(
+                f"unsupported activation {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}"
+            )
+        if self.layer_windows and len(self.layer_windows) != self.num_layers:
+            raise ConfigError(
+                f"{len(self.layer_windows)} layer windows for {self.num_layers} layers"
+            )
+
+    def window(self, layer: int) -> int | None:
+        """Layer `layer`'s sliding window, or None when it attends to the whole context."""
+        return self.layer_windows[layer] if self.layer_windows else None
+
+    @property
+    def kv_window(self) -> int | None:
+        """Positions older than this are read by no layer (every layer has a window);
+        None when some layer attends to the whole context."""
+        windows = [self.window(layer) for layer in range(self.num_layers)]
+        if not windows or None in windows:
+            return None
+        return max(w for w in windows if w is not None)
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> ModelConfig:
@@ -62,30 +95,39 @@ class ModelConfig:
         eos = config.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
         architecture = architectures[0]
+        num_layers = int(config["num_hidden_layers"])
+        head_dim = int(config.get("head_dim") or hidden_size // num_heads)
+        rope, sliding_rope = architectures_module.rope_specs(config, architecture)
+        if architectures_module.partial_rotary_factor(config) != 1.0:
+            raise ConfigError(
+                f"partial_rotary_factor {architectures_module.partial_rotary_factor(config)} "
+                "(RoPE on part of each head) is not supported yet; supported: 1.0"
+            )
         return cls(
             architecture=architecture,
             vocab_size=int(config["vocab_size"]),
             hidden_size=hidden_size,
             intermediate_size=int(config["intermediate_size"]),
-            num_layers=int(config["num_hidden_layers"]),
+            num_layers=num_layers,
             num_heads=num_heads,
             num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
-            head_dim=int(config.get("head_dim") or hidden_size // num_heads),
+            head_dim=head_dim,
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(
-                config.get("rope_theta")
-                or (config.get("rope_parameters") or {}).get("rope_theta")
-                or 10000.0
-            ),
-            rope_scaling=_rope_scaling(config),
+            rope_theta=rope.theta,
+            rope_scaling=rope.scaling,
             max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            attention_bias=bool(
-                config.get("attention_bias", architecture == "Qwen2ForCausalLM")
-            ),
+            attention_bias=architectures_module.attention_bias(config, architecture),
             eos_token_ids=eos_ids,
             bos_token_id=config.get("bos_token_id"),
             torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"),
+            layer_windows=architectures_module.layer_windows(config, architecture, num_layers),
+            hidden_act=architectures_module.hidden_activation(config),
+            attention_scale=architectures_module.attention_scale(config, head_dim),
+            attention_softcap=architectures_module.attention_softcap(config, architecture),
+            final_softcap=architectures_module.final_softcap(config),
+            sliding_rope=sliding_rope,
+            moe=architectures_module.moe_config(config, architecture, num_layers),
         )
 
     @classmethod
@@ -94,16 +136,6 @@ class ModelConfig:
         if not path.is_file():
             raise ConfigError(f"{path} is missing: a model directory needs a config.json")
         return cls.from_hf_config(json.loads(path.read_text()))
-
-
-def _rope_scaling(config: dict[str, Any]) -> dict[str, Any] | None:
-    scaling = config.get("rope_scaling") or config.get("rope_parameters")
-    if not scaling:
-        return None
-    kind = scaling.get("rope_type") or scaling.get("type") or "default"
-    if kind == "default":
-        return None
-    return dict(scaling, rope_type=kind)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,11 @@ class KernelOps:
         value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
         metadata: AttentionMetadata,
         scale: float,
+        window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        if window is not None or softcap is not None:
+            raise NotImplementedError("the attention kernels take no window or soft-cap yet")
         return paged_attention(
             query=query,
             key_cache=key_cache,

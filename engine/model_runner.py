@@ -17,7 +17,8 @@ import torch
 
 from engine.attention import build_attention_metadata
 from engine.config import ConfigError, EngineConfig
-from engine.models.llama import KVCache, LlamaForCausalLM
+from engine.models import model_class
+from engine.models.layers import KVCache
 from engine.ops import Ops, TorchOps
 from engine.request import Sequence
 from engine.sampler import Sampler, SampleResult, SamplingBackend, TorchSampling
@@ -49,7 +50,7 @@ class ModelRunner:
             torch.set_num_threads(config.num_threads)
         model_config = config.model
         self.block_size = config.cache.block_size
-        self.model = LlamaForCausalLM(
+        self.model = model_class(model_config)(
             model_config, self.dtype, self.device, max_positions=config.scheduler.max_model_len
         )
         load_weights(self.model, config.model_dir)

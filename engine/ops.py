@@ -1,6 +1,6 @@
 """The seam between the model and the compute backend: the `Ops` protocol.
 
-`engine.models.llama` calls only `rms_norm`, `rope_and_write_kv` (RoPE, then the
+The models (engine/models/) call only `rms_norm`, `rope_and_write_kv` (RoPE, then the
 rotated key and the value into the paged cache) and `attention` for everything that
 is not a plain matmul; `apply_rope` and `write_kv` are its two halves. `TorchOps`
 (here) is the CPU / reference backend written with torch; `engine.kernel_ops.KernelOps`
@@ -80,6 +80,8 @@ class Ops(Protocol):
         value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
         metadata: AttentionMetadata,
         scale: float,
+        window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         ...
 
@@ -88,8 +90,8 @@ class TorchOps:
     """Reference backend in torch: exact, and vectorised enough for CPU serving."""
 
     def __init__(self) -> None:
-        # (metadata, its index plan) of the current step, shared by all layers.
-        self._planned: tuple[AttentionMetadata, _AttentionPlan] | None = None
+        # (metadata, its index plan per window) of the current step, shared by all layers.
+        self._planned: tuple[AttentionMetadata, dict[int | None, _AttentionPlan]] | None = None
 
     def rms_norm(
         self,
@@ -163,30 +165,38 @@ class TorchOps:
         value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
         metadata: AttentionMetadata,
         scale: float,
+        window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         """Causal attention of each sequence's new queries over its paged context.
 
         New token i of a sequence with query_len new tokens and seq_len context sits at
-        position seq_len - query_len + i and attends to keys at positions <= its own.
-        The new tokens' KV must already be written (`rope_and_write_kv`).
+        position p = seq_len - query_len + i and attends to keys at positions <= p, and
+        with a `window` only to those > p - window (the layer's sliding window, as
+        transformers masks it). `softcap`: scores become softcap * tanh(scores / softcap)
+        before the mask (Gemma 2). The new tokens' KV must already be written
+        (`rope_and_write_kv`).
 
         Decodes (query_len 1) run as one padded batch; longer chunks (prefill)
         run one SDPA call per sequence, so padding never grows with a long prompt.
         """
-        plan = self._plan_for(metadata)
+        plan = self._plan_for(metadata, window)
         output = torch.empty_like(query)
         group = query.shape[1] // key_cache.shape[2]
         if plan.decode is not None:
-            _decode_attention(query, key_cache, value_cache, plan.decode, group, scale, output)
+            _decode_attention(query, key_cache, value_cache, plan.decode, group, scale, softcap, output)
         for prefill in plan.prefills:
-            _prefill_attention(query, key_cache, value_cache, prefill, group, scale, output)
+            _prefill_attention(query, key_cache, value_cache, prefill, group, scale, softcap, output)
         return output
 
-    def _plan_for(self, metadata: AttentionMetadata) -> _AttentionPlan:
-        # Every layer of a step gets the same metadata: index it once, not per layer.
+    def _plan_for(self, metadata: AttentionMetadata, window: int | None) -> _AttentionPlan:
+        # Every layer of a step gets the same metadata: index it once per window, not per layer.
         if self._planned is None or self._planned[0] is not metadata:
-            self._planned = (metadata, _AttentionPlan.build(metadata))
-        return self._planned[1]
+            self._planned = (metadata, {})
+        plans = self._planned[1]
+        if window not in plans:
+            plans[window] = _AttentionPlan.build(metadata, window)
+        return plans[window]
 
 
 @dataclass(frozen=True)
@@ -195,7 +205,8 @@ class _DecodePlan:
 
     token_index: torch.Tensor  # [B] int64: flat token of each decode
     block_index: torch.Tensor  # [B * max_blocks] int64: KV blocks of each sequence, in order
-    visible: torch.Tensor  # [B, 1, 1, max_blocks * block_size] bool: False past a seq_len
+    # [B, 1, 1, max_blocks * block_size] bool: False past a seq_len, or before the window
+    visible: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -206,7 +217,8 @@ class _PrefillPlan:
     query_len: int
     seq_len: int  # context length after this step
     block_index: torch.Tensor  # [ceil(seq_len / block_size)] int64: its KV blocks, in order
-    causal: torch.Tensor  # [q, L] bool: query i (position L - q + i) sees keys <= it
+    # [q, L] bool: query i (position p = L - q + i) sees keys <= p (and > p - window)
+    causal: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -215,7 +227,7 @@ class _AttentionPlan:
     prefills: tuple[_PrefillPlan, ...]
 
     @classmethod
-    def build(cls, metadata: AttentionMetadata) -> _AttentionPlan:
+    def build(cls, metadata: AttentionMetadata, window: int | None = None) -> _AttentionPlan:
         device = metadata.block_tables.device
         block_size = metadata.block_size
         tables = metadata.block_tables.long()  # [num_seqs, max_blocks]
@@ -225,9 +237,11 @@ class _AttentionPlan:
         if decodes:
             seq_index = torch.tensor(decodes, device=device)
             num_blocks = -(-max(metadata.seq_lens_host[i] for i in decodes) // block_size)
-            visible = torch.arange(num_blocks * block_size, device=device) < metadata.seq_lens[
-                seq_index
-            ].unsqueeze(1)  # [B, L]
+            key_positions = torch.arange(num_blocks * block_size, device=device)[None, :]
+            seq_lens = metadata.seq_lens[seq_index].unsqueeze(1)  # [B, 1]
+            visible = key_positions < seq_lens  # [B, L]
+            if window is not None:  # the query sits at seq_len - 1
+                visible &= key_positions >= seq_lens - window
             decode = _DecodePlan(
                 token_index=torch.tensor([token_starts[i] for i in decodes], device=device),
                 block_index=tables[seq_index, :num_blocks].reshape(-1),
@@ -240,13 +254,16 @@ class _AttentionPlan:
             if query_len > 1:
                 positions = torch.arange(seq_len, device=device)
                 query_positions = positions[seq_len - query_len :]
+                causal = positions[None, :] <= query_positions[:, None]  # [q, L]
+                if window is not None:
+                    causal &= positions[None, :] > query_positions[:, None] - window
                 prefills.append(
                     _PrefillPlan(
                         token_start=token_starts[seq],
                         query_len=query_len,
                         seq_len=seq_len,
                         block_index=tables[seq, : -(-seq_len // block_size)],
-                        causal=positions[None, :] <= query_positions[:, None],  # [q, L]
+                        causal=causal,
                     )
                 )
         return cls(decode, tuple(prefills))
@@ -280,6 +297,23 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 
 
+def _attend(
+    query: torch.Tensor,  # [..., q, D]
+    keys: torch.Tensor,  # [..., L, D], broadcast against query's leading dims
+    values: torch.Tensor,  # [..., L, D]
+    visible: torch.Tensor,  # [..., q, L] bool, broadcast
+    scale: float,
+    softcap: float | None,
+) -> torch.Tensor:  # [..., q, D]
+    """softmax(mask(cap(q·k * scale))) · v; SDPA's fused kernel when nothing is capped.
+    The capped form is transformers' eager one: scores, tanh cap, mask, softmax in fp32."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=visible, scale=scale)
+    scores = torch.matmul(query, keys.transpose(-1, -2)) * scale
+    scores = (torch.tanh(scores / softcap) * softcap).masked_fill(~visible, float("-inf"))
+    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(query.dtype), values)
+
+
 def _decode_attention(
     query: torch.Tensor,  # [T, Hq, D]
     key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
@@ -287,6 +321,7 @@ def _decode_attention(
     plan: _DecodePlan,
     group: int,
     scale: float,
+    softcap: float | None,
     output: torch.Tensor,  # [T, Hq, D], written at the decode tokens
 ) -> None:
     batch = plan.token_index.shape[0]
@@ -295,9 +330,7 @@ def _decode_attention(
     values = _gather_context(value_cache, plan.block_index, batch)
     # The query heads sharing a KV head become its "query rows": no KV repeat.
     grouped = query[plan.token_index].view(batch, num_kv_heads, group, head_dim)
-    out = F.scaled_dot_product_attention(
-        grouped, keys, values, attn_mask=plan.visible, scale=scale
-    )  # [B, Hkv, group, D]
+    out = _attend(grouped, keys, values, plan.visible, scale, softcap)  # [B, Hkv, group, D]
     output[plan.token_index] = out.reshape(batch, num_kv_heads * group, head_dim)
 
 
@@ -308,6 +341,7 @@ def _prefill_attention(
     plan: _PrefillPlan,
     group: int,
     scale: float,
+    softcap: float | None,
     output: torch.Tensor,  # [T, Hq, D], written at this sequence's tokens
 ) -> None:
     query_len, token_end = plan.query_len, plan.token_start + plan.query_len
@@ -317,8 +351,8 @@ def _prefill_attention(
     values = _gather_context(value_cache, plan.block_index, 1)[0, :, None, : plan.seq_len]
     # [q, Hq, D] -> [Hkv, group, q, D]: the group's heads share the KV head.
     grouped = query[plan.token_start : token_end].view(query_len, num_kv_heads, group, head_dim)
-    out = F.scaled_dot_product_attention(
-        grouped.permute(1, 2, 0, 3), keys, values, attn_mask=plan.causal, scale=scale
+    out = _attend(
+        grouped.permute(1, 2, 0, 3), keys, values, plan.causal, scale, softcap
     )  # [Hkv, group, q, D]
     output[plan.token_start : token_end] = out.permute(2, 0, 1, 3).reshape(
         query_len, num_kv_heads * group, head_dim

@@ -13,6 +13,16 @@ we support, so a checkpoint rotates exactly as it was trained:
 - "llama3": low frequencies divided by factor, high ones kept, a smooth ramp between.
 - "yarn": interpolation / extrapolation blend by a linear ramp over the dims, and
   an attention factor (mscale) multiplied into cos and sin.
+- "longrope" (Phi-3): one rescale factor per frequency, `short_factor` within
+  original_max_position_embeddings, `long_factor` beyond, and an attention factor.
+  HF picks the set per forward pass from the longest position in the batch (so a
+  sequence's early keys were rotated with the short set, its later queries with the
+  long one); a fixed cache cannot, so we pick once, from max_positions: the short set
+  when the whole context fits the original length (then exactly HF), else the long set
+  (vLLM's choice).
+
+Gemma 3's sliding layers have a RoPE of their own (`ModelConfig.sliding_rope`):
+`build_cos_sin_cache(..., sliding=True)`.
 
 Layout: [max_positions, head_dim], cos in the first head_dim / 2 columns and sin in
 the last head_dim / 2 (see `engine.ops`).
@@ -21,13 +31,14 @@ the last head_dim / 2 (see `engine.ops`).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from engine.config import ConfigError, ModelConfig
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 
 def build_cos_sin_cache(
@@ -35,8 +46,13 @@ def build_cos_sin_cache(
     max_positions: int,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    sliding: bool = False,
 ) -> torch.Tensor:  # [max_positions, head_dim]
-    """cos/sin of every position < max_positions, computed in float32 then cast."""
+    """cos/sin of every position < max_positions, computed in float32 then cast; with
+    `sliding`, of the sliding layers' own RoPE (the global one if they have none)."""
+    rope = config.sliding_rope if sliding and config.sliding_rope is not None else None
+    if rope is not None:
+        config = replace(config, rope_theta=rope.theta, rope_scaling=rope.scaling)
     inv_freq, attention_factor = inverse_frequencies(config, max_positions)  # [head_dim / 2]
     positions = torch.arange(max_positions, dtype=torch.float32)
     # Same float32 product as HF (position * inv_freq) so the angles match bit for bit;
@@ -67,6 +83,8 @@ def inverse_frequencies(config: ModelConfig, max_positions: int) -> tuple[torch.
         return _llama3(_default(theta, head_dim), scaling), 1.0
     if rope_type == "yarn":
         return _yarn(theta, head_dim, scaling, config.max_position_embeddings)
+    if rope_type == "longrope":
+        return _longrope(theta, head_dim, scaling, config.max_position_embeddings, max_positions)
     raise ConfigError(
         f"unsupported rope_scaling type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
     )
@@ -137,3 +155,28 @@ def _yarn(
 
 def _yarn_mscale(scale: float, mscale: float) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _longrope(
+    theta: float,
+    head_dim: int,
+    scaling: dict[str, Any],
+    max_position_embeddings: int,
+    max_positions: int,
+) -> tuple[torch.Tensor, float]:
+    original = int(_require(scaling, "original_max_position_embeddings"))
+    factor = scaling.get("factor")
+    # Phi-3 stretches max_position_embeddings and keeps the trained length apart: their
+    # ratio is the factor when none is given.
+    factor = float(factor) if factor is not None else max_position_embeddings / original
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = (
+            1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        )
+    key = "long_factor" if max_positions > original else "short_factor"
+    rescale = torch.tensor(_require(scaling, key), dtype=torch.float32)  # [head_dim / 2]
+    if rescale.shape != (head_dim // 2,):
+        raise ConfigError(f"rope_scaling {key} has {rescale.numel()} values, need {head_dim // 2}")
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (rescale * theta**exponents), float(attention_factor)

@@ -1,7 +1,8 @@
 """Load safetensors checkpoints (single file or sharded) into our models.
 
 The model says where each Hugging Face tensor goes (`hf_weight_map`: name ->
-parameter and row range, which is how q/k/v and gate/up get fused); this module
+parameter, expert and row range, which is how q/k/v and gate/up get fused and experts
+stacked; and an offset, Gemma's RMSNorm weights being stored as w for 1 + w); this module
 reads the files, checks shapes, casts to the run dtype, and copies. A missing or
 misshapen tensor is an error that names it.
 """
@@ -18,7 +19,7 @@ from typing import Protocol
 import torch
 from safetensors import safe_open
 
-from engine.models.llama import WeightSlot
+from engine.models.layers import WeightSlot
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -91,13 +92,14 @@ def load_weights(model: LoadableModel, model_dir: str | Path) -> None:
                 f"checkpoint tensor {name!r} in {model_dir} has no place in the model"
             )
         parameter = model.get_parameter(slot.parameter)
-        target = parameter.data[slot.row_start : slot.row_start + slot.rows]
+        data = parameter.data if slot.expert is None else parameter.data[slot.expert]
+        target = data[slot.row_start : slot.row_start + slot.rows]
         if tuple(tensor.shape) != tuple(target.shape):
             raise WeightsError(
                 f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                 f"the model expects {tuple(target.shape)}"
             )
-        target.copy_(tensor)
+        target.copy_(tensor.float() + slot.offset if slot.offset else tensor)
         loaded.add(name)
     missing = [name for name in expected if name not in loaded]
     if missing:

@@ -32,9 +32,9 @@ class RecordingSampler:
         self.inner = inner
         self.logits: list[torch.Tensor] = []
 
-    def sample(self, logits: torch.Tensor, seqs: list) -> list[SampleResult]:
+    def sample(self, logits: torch.Tensor, seqs: list, *rest: object) -> list[SampleResult]:
         self.logits.append(logits.clone())
-        return self.inner.sample(logits, seqs)  # type: ignore[attr-defined]
+        return self.inner.sample(logits, seqs, *rest)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
