@@ -29,6 +29,12 @@ pytestmark = pytest.mark.e2e
 LONG_ANSWER_PROMPT = "Write a long story about a lighthouse keeper and the sea, in ten chapters."
 
 
+@pytest.fixture(autouse=True)
+def patient_page(page: Any) -> None:
+    """The real model on a busy 2-core machine can take tens of seconds for an answer."""
+    page.set_default_timeout(90_000)
+
+
 def test_the_page_loads_from_the_server_alone(
     stack: Stack, watched_page: tuple[Any, PageWatch]
 ) -> None:

@@ -29,6 +29,7 @@ def test_tritium_chat_streams_and_ctrl_c_stops_only_the_answer(
     chat = terminal(
         tmp_path, "chat", "--url", stack.base_url, "--temperature", "0", "--max-tokens", "12"
     )
+    chat.timeout = 90  # the real model on a busy 2-core machine
     chat.expect(f"Chatting with {stack.model}")
     chat.expect_exact(PROMPT)
     chat.sendline("What is the capital of France?")
@@ -45,6 +46,7 @@ def test_tritium_chat_streams_and_ctrl_c_stops_only_the_answer(
         tmp_path, "chat", "--url", stack.base_url, "--max-tokens", "1000",
         "--extra-body", '{"ignore_eos": true}',
     )  # fmt: skip
+    chat.timeout = 90
     chat.expect_exact(PROMPT)
     chat.sendline(question)
     chat.expect_exact(question + "\r\n")  # the terminal's echo
