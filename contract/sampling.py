@@ -27,7 +27,11 @@ MAX_LOGIT_BIAS = 100.0
 #   structural_tag: a structural tag, as the grammar engine (xgrammar) spells it:
 #     {"type": "structural_tag", "format": {...}}, formats such as const_string,
 #     json_schema, sequence, or, triggered_tags (text in which tagged parts follow their
-#     schemas: how tool calls are constrained).
+#     schemas: how tool calls are constrained); "type" may be left out. The legacy
+#     {"structures": [{"begin": str, "schema": {...}, "end": str}], "triggers": [str]}
+#     is taken too (each structure a tag of triggered_tags).
+# Only the shape is checked here; the engine compiles the spec (engine/structured.py) and
+# answers one it cannot compile with an error naming structured_outputs.
 STRUCTURED_OUTPUT_KINDS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 
 

@@ -20,6 +20,7 @@ from engine.output import SequenceOutputTracker
 from engine.request import Sequence, SequenceStatus
 from engine.sampler import SampleResult
 from engine.scheduler import RequestTooLargeError, Scheduler
+from engine.structured import Grammar, GrammarCompiler, GrammarMatchers
 from engine.tokenizer import MessagesError, Tokenizer
 
 _FINISH_STATUS = {"stop": SequenceStatus.FINISHED_STOPPED, "length": SequenceStatus.FINISHED_LENGTH}
@@ -31,6 +32,7 @@ class PreparedRequest:
     prompt_token_ids: list[int]
     prompt_text: str  # the text the prompt tokens encode (templated for chat), for echo
     max_tokens: int  # resolved against the context length
+    grammar: Grammar | None = None  # compiled from params.structured_outputs
 
 
 @dataclass
@@ -56,12 +58,20 @@ class LLMEngine:
         self.config = replace(config, cache=cache)
         self.scheduler = Scheduler(self.config.scheduler, cache)
         self.metrics = metrics or EngineMetrics(None)
+        vocab_size, eos_token_ids = config.model.vocab_size, self.tokenizer.eos_token_ids
+        # Structured output: grammars compile in `prepare` (the caller's thread), matchers
+        # advance here; the bitmask is copied to the device from page-locked memory.
+        self.grammar_compiler = GrammarCompiler(self.tokenizer.hf, vocab_size, eos_token_ids)
+        self.grammars = GrammarMatchers(
+            vocab_size, eos_token_ids, pin_memory=self.runner.device.type == "cuda"
+        )
         self._requests: dict[int, _RequestState] = {}
         self._next_seq_id = 0
 
     # -- any thread ------------------------------------------------------------------------
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Tokenize and check the request against the context; raises ContractError."""
+        """Tokenize and check the request against the context, compile its grammar (this
+        thread waits; the engine thread does not); raises ContractError."""
         if request.messages is not None:
             try:
                 prompt_text = self.tokenizer.apply_chat_template(
@@ -96,13 +106,13 @@ class LLMEngine:
             self.scheduler.check_fits(len(prompt_token_ids), max(max_tokens, 1))
         except RequestTooLargeError as error:
             raise ContractError(str(error), kind=ErrorKind.CONTEXT_LENGTH) from None
-        if request.params.structured_outputs is not None:
-            raise ContractError("this engine does not constrain outputs yet", "structured_outputs")
         vocab_size = self.config.model.vocab_size
         for token_id in request.params.logit_bias:
             if token_id >= vocab_size:
                 raise ContractError(f"token id {token_id} is not below the vocabulary size {vocab_size}", "logit_bias")
-        return PreparedRequest(request, prompt_token_ids, prompt_text, max_tokens)
+        spec = request.params.structured_outputs
+        grammar = self.grammar_compiler.compile(spec) if spec is not None else None
+        return PreparedRequest(request, prompt_token_ids, prompt_text, max_tokens, grammar)
 
     def _checked_token_ids(self, token_ids: list[int]) -> list[int]:
         # The error names `prompt`: the OpenAI field the ids came from.
@@ -144,18 +154,26 @@ class LLMEngine:
         self._requests[request_id] = state
         for seq in sequences:
             self.scheduler.add(seq)
+            if prepared.grammar is not None:
+                self.grammars.add(seq, prepared.grammar)
         self.metrics.add_prompt_tokens(len(prepared.prompt_token_ids))
+        if prepared.grammar is not None:
+            self.metrics.observe_structured_request(prepared.grammar.compile_seconds)
 
     def abort(self, request_id: int) -> None:
-        if self._requests.pop(request_id, None) is not None:
+        state = self._requests.pop(request_id, None)
+        if state is not None:
             self.scheduler.abort(request_id)
+            for seq in state.sequences:
+                self.grammars.remove(seq)
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)
 
     def step(self) -> list[tuple[int, GenerationOutput]]:
         scheduled = self.scheduler.schedule()
-        results = self.runner.execute(scheduled.chunks) if scheduled.chunks else []
+        allowed = self.grammars.allowed_mask([c.seq for c in scheduled.chunks if c.sample])
+        results = self.runner.execute(scheduled.chunks, allowed) if scheduled.chunks else []
         self.scheduler.step_done(scheduled)  # the KV is written: cache full blocks
         outputs = self._postprocess(scheduled.chunks, results)
         self.metrics.record_step(self.scheduler, len(scheduled.preempted))
@@ -189,8 +207,14 @@ class LLMEngine:
             seq.first_token_time = now
             self.metrics.observe_first_token(now - seq.arrival_time)
         seq.append_token(result.token_id)
-        text, finish_reason = state.trackers[seq.index].on_token(result.token_id)
+        tracker = state.trackers[seq.index]
+        text, finish_reason = tracker.on_token(result.token_id)
+        if self.grammars.accept(seq, result.token_id) and finish_reason is None:
+            # The grammar took its end (EOS) though ignore_eos or min_tokens kept the
+            # tracker going: nothing can follow, the sequence stops here.
+            text, finish_reason = text + tracker.flush(), "stop"
         if finish_reason is not None:
+            self.grammars.remove(seq)
             self.scheduler.finish(seq, _FINISH_STATUS[finish_reason])
             if seq.num_output_tokens > 1:
                 per_token = (now - seq.first_token_time) / (seq.num_output_tokens - 1)

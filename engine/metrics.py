@@ -13,6 +13,8 @@ from typing import Any, Protocol
 # Seconds. TTFT spans queueing + prefill; TPOT is the mean gap between output tokens.
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 TPOT_BUCKETS = [0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.5]
+# Seconds to compile a structured_outputs grammar (a regex: ms; a large JSON schema: s).
+GRAMMAR_COMPILE_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
 
 class MetricSink(Protocol):
@@ -94,4 +96,27 @@ class EngineMetrics:
                 "Mean time between output tokens of a finished sequence",
                 TPOT_BUCKETS,
                 seconds,
+            )
+
+    def observe_structured_request(self, compile_seconds: float | None) -> None:
+        """A request with structured_outputs was admitted; `compile_seconds` is None when
+        its grammar came from the cache. Recorded on the engine thread, at admission."""
+        self._counter(
+            "tritium_structured_output_requests_total", "Requests with structured_outputs", 1
+        )
+        if compile_seconds is None:
+            self._counter(
+                "tritium_grammar_cache_hits_total", "Grammars found in the compiled-grammar cache", 1
+            )
+            return
+        self._counter(
+            "tritium_grammar_cache_misses_total", "Grammars compiled (not in the cache)", 1
+        )
+        self.snapshot["tritium_last_grammar_compile_seconds"] = compile_seconds
+        if self.sink is not None:
+            self.sink.histogram(
+                "tritium_grammar_compile_seconds",
+                "Time to compile a structured_outputs grammar (off the engine thread)",
+                GRAMMAR_COMPILE_BUCKETS,
+                compile_seconds,
             )

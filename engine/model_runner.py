@@ -1,9 +1,10 @@
 """The model runner: owns the device, the weights and the KV cache; runs one step.
 
-`execute(chunks)` is the whole contract with the engine: each scheduled chunk feeds
-`seq.token_ids[start : start + num_new_tokens]`, whose KV slots are already
+`execute(chunks, allowed)` is the whole contract with the engine: each scheduled chunk
+feeds `seq.token_ids[start : start + num_new_tokens]`, whose KV slots are already
 allocated in `seq.block_ids`; chunks that reach the end of their sequence get a
-sampled token back, the others `None`.
+sampled token back, the others `None`. `allowed` (structured output) limits what those
+tokens may be, one bitmask row per sampling chunk.
 """
 
 from __future__ import annotations
@@ -98,7 +99,13 @@ class ModelRunner:
         return min(fitting, most_needed)
 
     @torch.inference_mode()
-    def execute(self, chunks: SequenceOf[Chunk]) -> list[SampleResult | None]:
+    def execute(
+        self,
+        chunks: SequenceOf[Chunk],
+        # [number of sampling chunks, cdiv(vocab_size, 32)] int32 on the CPU: row i allows
+        # the tokens of the i-th chunk with `sample` (engine.sampler's layout); None = all.
+        allowed: torch.Tensor | None = None,
+    ) -> list[SampleResult | None]:
         """Run the model on the scheduled chunks; sample where a chunk completes its sequence."""
         if not chunks:
             return []
@@ -120,7 +127,9 @@ class ModelRunner:
         if not sampled_seqs:
             return [None] * len(chunks)
         logits = self.model.compute_logits(hidden[metadata.logits_indices])  # [B, vocab]
-        results = iter(self.sampler.sample(logits, sampled_seqs))
+        if allowed is not None:
+            allowed = allowed.to(self.device, non_blocking=True)  # page-locked on CUDA
+        results = iter(self.sampler.sample(logits, sampled_seqs, allowed))
         return [next(results) if flag else None for flag in sample_flags]
 
 

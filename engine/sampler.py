@@ -5,8 +5,12 @@ Order of operations (each only on the rows that ask for it):
      (OpenAI, over output tokens);
   2. logit_bias (ids >= vocab_size are ignored);
   3. min_tokens: EOS (unless ignore_eos) and stop_token_ids masked to -inf while the
-     sequence has fewer than min_tokens output tokens;
-  4. the allowed-token mask, when one is given (the hook for structured output);
+     sequence has fewer than min_tokens output tokens (rows under a grammar: not here, see
+     step 4);
+  4. the allowed-token mask, when one is given (structured output, `engine.structured`):
+     a masked token is never drawn, whatever its bias, greedy rows included. A grammar's
+     row keeps EOS out for min_tokens itself, unless EOS is all the grammar allows
+     (masking it here too would leave the row nothing to draw);
   5. greedy rows (temperature 0) take the argmax, the lowest token id among tied maxima;
   6. the others: temperature, then top_k, top_p, min_p, then sample.
 
@@ -200,10 +204,11 @@ class Sampler:
 
     def _additions(self, seq: Sequence) -> dict[int, float]:
         """Token id -> what to add to its logit: the logit_bias (ids >= vocab_size ignored),
-        and -inf for the stop tokens while min_tokens is not reached (whatever their bias)."""
+        and -inf for the stop tokens while min_tokens is not reached (whatever their bias;
+        a row under a grammar gets that from its allowed mask instead)."""
         params = seq.params
         additions = {t: bias for t, bias in params.logit_bias.items() if t < self.vocab_size}
-        if seq.num_output_tokens < params.min_tokens:
+        if seq.num_output_tokens < params.min_tokens and params.structured_outputs is None:
             stops = set(params.stop_token_ids)
             if not params.ignore_eos:
                 stops.update(self.eos_token_ids)

@@ -1,7 +1,8 @@
 """The engine as a service: one engine thread owns all engine state.
 
 Triton's `execute` (any thread) calls `EngineService.submit`, which validates and
-tokenizes the request on the caller's thread (so bad input fails at once) and
+tokenizes the request, and compiles its grammar if it has one, on the caller's thread
+(so bad input fails at once, and a compile never stalls the running batch) and
 queues it. The engine thread drains the queue, checks cancellations, runs one
 engine step and sends each request's coalesced output through its sink.
 """
@@ -90,7 +91,8 @@ class EngineService:
         )
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
-        """Validate and tokenize now (raises ContractError), then queue for the engine thread."""
+        """Validate, tokenize and compile any grammar now (raises ContractError), then queue
+        for the engine thread."""
         prepared = self.engine.prepare(request)
         with self._admission:
             if self._stopped.is_set():
@@ -102,6 +104,8 @@ class EngineService:
             self._stopped.set()
         self._inbox.put(_STOP)
         self._thread.join(timeout_s)
+        if self._built.is_set() and self._build_error is None:
+            self.engine.grammar_compiler.shutdown()  # its idle compile threads end
 
     def _run(self) -> None:
         try:

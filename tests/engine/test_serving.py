@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -183,3 +184,49 @@ def test_start_builds_the_engine_on_its_thread_and_raises_what_building_raised(
     broken = EngineService(EngineConfig.from_parameters(no_weights, parameters))
     with pytest.raises(WeightsError):  # raised on the engine thread, re-raised here
         broken.start()
+
+
+def test_a_grammar_compiles_off_the_engine_thread(
+    service: EngineService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a request's grammar compiles (held here until released), the submitting
+    thread waits and the running batch does not: a streaming request keeps getting tokens.
+    The compile runs on a compile thread, never on the engine thread."""
+    compiler = service.engine.grammar_compiler
+    compiling, release = threading.Event(), threading.Event()
+    compiled_on: list[str] = []
+    real_compile = compiler._compile
+
+    def held_compile(kind: str, value: object) -> object:
+        compiled_on.append(threading.current_thread().name)
+        compiling.set()
+        assert release.wait(120)
+        return real_compile(kind, value)
+
+    monkeypatch.setattr(compiler, "_compile", held_compile)
+    running = RecordingSink()
+    service.submit(_request(300, ignore_eos=True), running)
+    constrained = RecordingSink()
+    request = GenerationRequest(
+        SamplingParams(temperature=0.0, max_tokens=8, structured_outputs={"regex": "[0-9]{3}"}),
+        prompt="Three digits:",
+    )
+    submitter = threading.Thread(target=service.submit, args=(request, constrained))
+    submitter.start()
+    try:
+        assert compiling.wait(60)
+        seen = len(running.outputs)
+        deadline = time.monotonic() + 120
+        while len(running.outputs) < seen + 5:  # five more steps during the compile
+            assert time.monotonic() < deadline, "the running request stalled during a compile"
+            time.sleep(0.01)
+        assert submitter.is_alive() and not constrained.outputs  # still compiling
+    finally:
+        release.set()
+        submitter.join(60)
+    assert constrained.done.wait(60)
+    assert re.fullmatch("[0-9]{3}", constrained.outputs[-1].choices[0].text)
+    assert len(compiled_on) == 1 and compiled_on[0].startswith("tritium-grammar")
+    running.cancel_after = 0  # done with it
+    _wait_idle(service)
+    assert len(service.engine.grammars) == 0
