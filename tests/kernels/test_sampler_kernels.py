@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,11 +20,11 @@ import torch
 from engine.kernel_ops import KernelSampling
 from engine.sampler import Sampler, SamplingBackend, TorchSampling, sampling_probabilities
 from engine.sampling_params import SamplingParams
-from kernels.sampling import sampling_probs_ref
+from kernels.sampling import pack_token_mask, sampling_probs_ref
 from tests.engine import test_sampler as torch_path
 from tests.engine.test_ops import assert_implements
 from tests.engine.test_sampler import EOS, VOCAB_SIZE, _logits, _seq
-from tests.kernels.kernel_testing import assert_close
+from tests.kernels.kernel_testing import assert_close, fresh_generator
 from tests.kernels.test_sampling import P_VALUE_FLOOR, chi_square_p_value
 
 # Collected again in this module, so they take this module's `make_sampler`.
@@ -156,3 +157,82 @@ def test_both_backends_keep_ties_at_the_boundary(params: SamplingParams, kept: s
         counts = torch.bincount(torch.tensor(drawn), minlength=len(TIED_LOGITS)).double()
         assert set(counts.nonzero()[:, 0].tolist()) == kept, (backend, counts)
         assert chi_square_p_value(counts, reference) > P_VALUE_FLOOR, (backend, counts)
+
+
+@pytest.mark.parametrize("vocab_size", [37, 1057])  # a partial last word; past one tile of 1024
+def test_masked_rows_agree_across_backends_and_never_draw_a_masked_token(vocab_size: int) -> None:
+    """Structured output's path: the allowed mask after a +100 bias on a masked token (the
+    row's favourite), greedy and random rows. Both backends take the same greedy tokens
+    and draw from the same distribution (the torch backend's probabilities equal the
+    kernel's reference), and neither ever draws a masked token."""
+    generator = fresh_generator()
+    batch = 6
+    logits = 2 * torch.randn(batch, vocab_size, generator=generator)
+    allowed = torch.rand(batch, vocab_size, generator=generator) < 0.3
+    allowed[:, vocab_size - 1] = True  # a token in the last, partial word of the mask
+    favourite = logits.argmax(1)
+    allowed[torch.arange(batch), favourite] = False
+    words = pack_token_mask(allowed)
+    settings = [
+        dict(temperature=0.0),
+        dict(temperature=0.0, min_tokens=3),
+        dict(temperature=1.0),
+        dict(temperature=1.5, top_k=5, seed=1),
+        dict(temperature=0.8, top_p=0.8, seed=2),
+        dict(temperature=1.0, min_p=0.1),
+    ]
+    seqs = [
+        _seq(SamplingParams(logit_bias={int(favourite[row]): 100.0}, **setting))
+        for row, setting in enumerate(settings)
+    ]
+    greedy = [row for row, seq in enumerate(seqs) if seq.params.greedy]
+    drawn: dict[str, list[list[int]]] = {}
+    for backend in (TorchSampling, KernelSampling):
+        sampler = Sampler(vocab_size, [EOS], seed=0, backend=backend)
+        drawn[backend.__name__] = [
+            [r.token_id for r in sampler.sample(logits, seqs, words)] for _ in range(5)
+        ]
+        for tokens in drawn[backend.__name__]:
+            assert all(allowed[row, token] for row, token in enumerate(tokens)), (backend, tokens)
+    processed = Sampler(vocab_size, [EOS]).adjust_logits(logits, seqs)
+    expected_greedy = processed.masked_fill(~allowed, float("-inf")).argmax(1)
+    for tokens in drawn["TorchSampling"] + drawn["KernelSampling"]:
+        assert [tokens[row] for row in greedy] == expected_greedy[greedy].tolist()
+    random_rows = [row for row in range(batch) if row not in greedy]
+    rows = (
+        torch.tensor([settings[r]["temperature"] for r in random_rows]),
+        torch.tensor([settings[r].get("top_k", 0) for r in random_rows]),
+        torch.tensor([settings[r].get("top_p", 1.0) for r in random_rows]),
+        torch.tensor([settings[r].get("min_p", 0.0) for r in random_rows]),
+    )
+    reference = sampling_probs_ref(processed[random_rows], *rows, allowed_mask=words[random_rows])
+    ours = sampling_probabilities(processed[random_rows].masked_fill(~allowed[random_rows], float("-inf")), *rows)
+    assert_close(ours, reference, torch.float32)
+    assert (reference.gather(1, favourite[random_rows, None]) == 0).all()
+
+
+def test_a_real_grammars_bitmask_through_the_fused_kernel(default_weights_dir: Path) -> None:
+    """xgrammar's bitmask for the default model's vocabulary (49,152) is the kernel's
+    layout: every token the kernel draws under it is one its matcher accepts."""
+    from engine.structured import GrammarCompiler, GrammarMatchers
+    from engine.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(default_weights_dir)
+    vocab_size = 49152
+    compiler = GrammarCompiler(tokenizer.hf, vocab_size, tokenizer.eos_token_ids)
+    grammar = compiler.compile({"json": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "tag": {"enum": ["a", "b"]}}, "required": ["id", "tag"]}})  # fmt: skip
+    compiler.shutdown()
+    matchers = GrammarMatchers(vocab_size, tokenizer.eos_token_ids)
+    seqs = [_seq(SamplingParams(temperature=t, seed=s)) for t, s in ((0.0, None), (1.0, 3), (2.0, 4))]
+    for seq_id, seq in enumerate(seqs):
+        seq.seq_id = seq_id
+        matchers.add(seq, grammar)
+    sampler = Sampler(vocab_size, tokenizer.eos_token_ids, seed=0, backend=KernelSampling)
+    generator = fresh_generator()
+    for _ in range(4):
+        logits = 3 * torch.randn(len(seqs), vocab_size, generator=generator)
+        mask = matchers.allowed_mask(seqs)
+        for seq, result in zip(seqs, sampler.sample(logits, seqs, mask.clone()), strict=True):
+            matchers.accept(seq, result.token_id)  # raises if the grammar rejects it
+            seq.append_token(result.token_id)
