@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test setup model lint browser unit e2e clean
+.PHONY: serve test setup model lint browser unit e2e clean aiperf
 
 # Create the virtual environment and install the project with every extra (torch pinned to the CPU
 # wheel on these machines), plus the default model's wheel (it must not pull its own deps).
@@ -46,5 +46,16 @@ browser:
 test: setup lint browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# NVIDIA's aiperf for benchmarks/aiperf_agreement.py, in an environment of its own: its
+# dependencies (pandas, pyarrow, scipy, plotly, ...) stay out of the serving one.
+AIPERF_VENV := .venv-aiperf
+$(AIPERF_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(AIPERF_VENV)
+	$(AIPERF_VENV)/bin/pip install --quiet --upgrade pip
+	$(AIPERF_VENV)/bin/pip install --quiet -e '.[aiperf]'
+	touch $@
+
+aiperf: $(AIPERF_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AIPERF_VENV) .cache .pytest_cache .ruff_cache

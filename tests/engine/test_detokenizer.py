@@ -152,10 +152,11 @@ def test_invalid_bytes_do_not_stall_the_stream(sentencepiece_style: Any) -> None
 
 
 class _CountingTokenizer:
-    """Records how many ids each decode call gets; the cost of detokenizing."""
+    """Records how many ids each Python-side decode call gets; DecodeStream does the rest."""
 
     def __init__(self, hf: Any) -> None:
         self._hf = hf
+        self.backend_tokenizer = hf.backend_tokenizer
         self.decode_lengths: list[int] = []
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -164,6 +165,8 @@ class _CountingTokenizer:
 
 
 def test_cost_per_token_is_bounded(smollm2: Tokenizer) -> None:
+    """tokenizers' DecodeStream steps one token at a time; Python decodes nothing of valid
+    text, and never more than the held-back tokens."""
     random.seed(0)
     words = " ".join(TEXTS).split(" ")
     text = " ".join(random.choice(words) for _ in range(2500))
@@ -173,5 +176,4 @@ def test_cost_per_token_is_bounded(smollm2: Tokenizer) -> None:
     prompt_ids = list(range(100, 400))
     deltas = _stream(counting, prompt_ids, output_ids)
     assert "".join(deltas) == smollm2.hf.decode(output_ids)
-    assert len(counting.decode_lengths) <= 2 * len(output_ids) + 2
-    assert max(counting.decode_lengths) <= 16  # a window, never the whole text
+    assert max(counting.decode_lengths, default=0) <= MAX_PENDING_TOKENS
