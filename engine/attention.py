@@ -59,7 +59,7 @@ class AttentionMetadata:
 def build_attention_metadata(
     starts: Sequence[int],
     query_lens: Sequence[int],
-    block_ids: Sequence[Sequence[int]],
+    block_ids: Sequence[Sequence[int | None]],
     sample_flags: Sequence[bool],
     block_size: int,
     device: torch.device | str = "cpu",
@@ -67,7 +67,8 @@ def build_attention_metadata(
     """Metadata for sequences that each feed tokens [start, start + query_len).
 
     `block_ids[i]` must cover every position < start + query_len of sequence i
-    (extra blocks are ignored). Built from Python lists with one tensor per field,
+    (extra blocks are ignored); a None is a block freed behind the sliding window, never
+    read, which the table points at block 0. Built from Python lists with one tensor per field,
     so the cost is per block, not per tensor op.
     """
     positions: list[int] = []
@@ -84,7 +85,7 @@ def build_attention_metadata(
         _extend_slots(slots, blocks, start, end, block_size)
         query_start_loc.append(query_start_loc[-1] + query_len)
         seq_lens.append(end)
-        tables.append(list(blocks[: -(-end // block_size)]))
+        tables.append([0 if b is None else b for b in blocks[: -(-end // block_size)]])
         if sample:
             logits_indices.append(query_start_loc[-1] - 1)
     width = max((len(t) for t in tables), default=0)
@@ -112,13 +113,15 @@ def build_attention_metadata(
 
 
 def _extend_slots(
-    slots: list[int], blocks: Sequence[int], start: int, end: int, block_size: int
+    slots: list[int], blocks: Sequence[int | None], start: int, end: int, block_size: int
 ) -> None:
     """Append the cache slots of positions [start, end), one range per block."""
     position = start
     while position < end:
         block_index, offset = divmod(position, block_size)
         stop = min(end, (block_index + 1) * block_size)
-        base = blocks[block_index] * block_size
+        block_id = blocks[block_index]
+        assert block_id is not None, "a new token's block was freed"
+        base = block_id * block_size
         slots.extend(range(base + offset, base + offset + stop - position))
         position = stop

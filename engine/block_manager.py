@@ -16,8 +16,17 @@ Collisions: the chain hash is SHA-256 (Python's `hash()` of ints is not randomiz
 colliding prompts could be built on purpose); on top of that every hit compares the
 block's token ids, so a hit never returns KV computed for other tokens.
 
-Invariants (checked by the tests): the sum of ref counts equals the sum over live
-sequences of `len(seq.block_ids)`; a block is in the free list iff its ref count is 0;
+Sliding windows: when every layer of the model has one (`CacheConfig.sliding_window`,
+the widest), a query at position p reads no key at or before p - window. Before each
+step, `free_out_of_window` releases a running sequence's leading blocks that lie wholly
+behind the window of its next query (and so of every later one): their entries in
+`seq.block_ids` become None, the blocks go back to the free list like those of a
+finished sequence (cached ones stay cached and evictable). The attention metadata points
+those table entries at block 0, which is never read (the window masks it). A model with
+a global layer frees nothing: that layer reads the whole context.
+
+Invariants (checked by the tests): the sum of ref counts equals the number of block ids
+(not None) of live sequences; a block is in the free list iff its ref count is 0;
 `num_free_blocks + num_used_blocks == num_blocks`.
 """
 
@@ -112,9 +121,12 @@ class BlockManager:
             hits.append(block_id)
         return hits
 
-    def allocate(self, seq: Sequence, computed_block_ids: list[int], num_new_tokens: int) -> bool:
+    def allocate(
+        self, seq: Sequence, computed_block_ids: list[int | None], num_new_tokens: int
+    ) -> bool:
         """Admit seq: share `computed_block_ids` (from get_computed_blocks, nothing in
-        between) and add fresh blocks for the next `num_new_tokens` positions.
+        between; a None is a hit not taken, behind the sliding window) and add fresh
+        blocks for the next `num_new_tokens` positions.
 
         Returns False, changing nothing, when the free blocks are too few.
         """
@@ -124,12 +136,11 @@ class BlockManager:
             computed_block_ids
         )
         # A hit on a free-but-cached block takes it out of the free list too.
-        num_revived = sum(
-            1 for block_id in computed_block_ids if self._blocks[block_id].ref_count == 0
-        )
+        taken = [block_id for block_id in computed_block_ids if block_id is not None]
+        num_revived = sum(1 for block_id in taken if self._blocks[block_id].ref_count == 0)
         if num_fresh + num_revived > len(self._free):
             return False
-        for block_id in computed_block_ids:
+        for block_id in taken:
             block = self._blocks[block_id]
             if block.ref_count == 0:
                 del self._free[block_id]
@@ -158,6 +169,16 @@ class BlockManager:
         seq.block_ids.extend(self._take_fresh() for _ in range(num_needed))
         return True
 
+    def free_out_of_window(self, seq: Sequence, window: int) -> None:
+        """Release seq's leading blocks whose every position is at least `window` behind
+        seq.num_computed_tokens, the next query (it reads keys > position - window)."""
+        num_behind = min((seq.num_computed_tokens - window + 1) // self.block_size, len(seq.block_ids))
+        for index in range(max(num_behind, 0)):
+            block_id = seq.block_ids[index]
+            if block_id is not None:
+                self._release(block_id)
+                seq.block_ids[index] = None
+
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Register seq's full blocks whose KV is computed (positions < num_computed_tokens).
 
@@ -173,7 +194,10 @@ class BlockManager:
             return
         hashes = self._chain_hashes(seq, num_full)
         for index in range(start, num_full):
-            block = self._blocks[seq.block_ids[index]]
+            block_id = seq.block_ids[index]
+            if block_id is None:  # freed behind the window before it was offered
+                continue
+            block = self._blocks[block_id]
             if block.block_hash is None and hashes[index] not in self._cached:
                 block.block_hash = hashes[index]
                 block.token_ids = self._block_tokens(seq, index)
@@ -187,16 +211,22 @@ class BlockManager:
         before its head, which other prompts are likelier to share.
         """
         for block_id in reversed(seq.block_ids):
-            block = self._blocks[block_id]
-            assert block.ref_count > 0, f"block {block_id} freed twice"
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self._free[block_id] = None
-                if block.block_hash is None:
-                    self._free.move_to_end(block_id, last=False)
+            if block_id is not None:
+                self._release(block_id)
         seq.block_ids = []
         self._seq_hashes.pop(seq.seq_id, None)
         self._seq_num_registered.pop(seq.seq_id, None)
+
+    def _release(self, block_id: int) -> None:
+        """One holder less; at 0 the block is free: plain ones to the front of the free
+        list, cached ones to the back (evicted last)."""
+        block = self._blocks[block_id]
+        assert block.ref_count > 0, f"block {block_id} freed twice"
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self._free[block_id] = None
+            if block.block_hash is None:
+                self._free.move_to_end(block_id, last=False)
 
     def _take_fresh(self) -> int:
         """Pop the front of the free list, evicting its cached KV if any."""

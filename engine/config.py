@@ -145,6 +145,10 @@ class CacheConfig:
     num_blocks: int | None = None
     memory_budget_bytes: int = 1 << 30  # KV cache memory when num_blocks is None
     enable_prefix_caching: bool = True
+    # No layer reads keys more than this many positions behind a query (every layer of the
+    # model has a sliding window, this the widest): the blocks behind it are freed while
+    # the sequence runs. None = some layer reads the whole context. From the model.
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -233,7 +237,7 @@ class EngineConfig:
         return cls(
             model_dir=str(model_dir),
             model=model,
-            cache=CacheConfig(**cache_kwargs),
+            cache=CacheConfig(**cache_kwargs, sliding_window=model.kv_window),
             scheduler=SchedulerConfig(**scheduler_kwargs),
             **pick("engine"),
         )

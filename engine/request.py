@@ -51,7 +51,8 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     num_cached_tokens: int = 0  # of the prompt, found in the prefix cache at admission
-    block_ids: list[int] = field(default_factory=list)  # KV blocks, in position order
+    # KV blocks, in position order; None = freed, behind every layer's sliding window
+    block_ids: list[int | None] = field(default_factory=list)
     num_preemptions: int = 0
     first_token_time: float | None = None  # time.monotonic() of the first output token
 

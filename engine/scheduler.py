@@ -95,6 +95,7 @@ class Scheduler:
         self.config = scheduler_config
         self.block_size = cache_config.block_size
         self.enable_prefix_caching = cache_config.enable_prefix_caching
+        self.sliding_window = cache_config.sliding_window
         self.block_manager = BlockManager(
             cache_config.num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
         )
@@ -127,6 +128,11 @@ class Scheduler:
             raise RequestTooLargeError(f"{head} is over the context length {context_length}")
         num_blocks = self.block_manager.num_blocks
         num_blocks_needed = -(-total // self.block_size)
+        if self.sliding_window is not None:
+            # At most: a chunk, the window behind its first token, a partial block each side.
+            chunk = min(total, self.config.max_num_batched_tokens)
+            held = -(-(chunk + self.sliding_window - 1) // self.block_size) + 1
+            num_blocks_needed = min(num_blocks_needed, held)
         if num_blocks_needed > num_blocks:
             raise RequestTooLargeError(
                 f"{head} tokens need {num_blocks_needed} KV blocks of {self.block_size} tokens, "
@@ -177,6 +183,8 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this step for an older sequence
+            if self.sliding_window is not None:  # blocks no layer will read again
+                self.block_manager.free_out_of_window(seq, self.sliding_window)
             wanted = min(seq.num_tokens - seq.num_computed_tokens, budget)
             num_new_tokens = self._reserve_slots(seq, wanted, scheduled, preempted)
             if num_new_tokens:
@@ -317,8 +325,13 @@ class Scheduler:
         """Admit waiting sequences FCFS; the head waits if blocks are short (no overtaking)."""
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            computed_block_ids = self.block_manager.get_computed_blocks(seq)
-            num_cached_tokens = len(computed_block_ids) * self.block_size
+            hits = self.block_manager.get_computed_blocks(seq)
+            num_cached_tokens = len(hits) * self.block_size
+            # Hits wholly behind the first new token's window are not taken (not held).
+            behind = 0
+            if self.sliding_window is not None:
+                behind = max(num_cached_tokens - self.sliding_window + 1, 0) // self.block_size
+            computed_block_ids: list[int | None] = [None] * behind + list(hits[behind:])
             num_new_tokens = min(seq.num_tokens - num_cached_tokens, budget)
             if not self.block_manager.allocate(seq, computed_block_ids, num_new_tokens):
                 break

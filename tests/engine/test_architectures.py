@@ -94,6 +94,7 @@ def test_greedy_generation_equals_transformers(packaged: tuple[str, torch.nn.Mod
     tokens: dict[int, list[int]] = {key: [] for key in range(len(PROMPTS))}
     pending = list(enumerate(PROMPTS))
     step = 0
+    freed = False  # a running sequence had blocks freed behind the window
     while pending or engine.has_unfinished():
         if pending and step % 2 == 0:  # a new request every other step
             key, prompt = pending.pop(0)
@@ -102,9 +103,15 @@ def test_greedy_generation_equals_transformers(packaged: tuple[str, torch.nn.Mod
             for choice in output.choices:
                 assert choice.logprobs is not None
                 tokens[key] += choice.logprobs.token_ids
+        freed |= any(None in seq.block_ids for seq in engine.scheduler.running)
         step += 1
         assert step < 1000, "the engine does not finish"
     assert engine.scheduler.prefix_cache_hits >= 12  # SHARED's 3 blocks, twice
+    # Models whose every layer has a window (Phi-3, Mistral, Mixtral here) free the blocks
+    # behind it; one global layer (Gemma) keeps them all.
+    window = engine.config.model.kv_window
+    assert engine.config.cache.sliding_window == window
+    assert freed == (window is not None)
     for key, prompt in enumerate(PROMPTS):
         assert tokens[key] == hf_greedy(model, prompt, MAX_NEW_TOKENS), f"prompt {key}"
     assert engine.scheduler.num_used_blocks == 0

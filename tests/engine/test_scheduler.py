@@ -25,10 +25,16 @@ def make_scheduler(
     max_model_len: int = 64,
     enable_prefix_caching: bool = True,
     block_size: int = BLOCK_SIZE,
+    sliding_window: int | None = None,
 ) -> Scheduler:
     return Scheduler(
         SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len),
-        CacheConfig(block_size, num_blocks, enable_prefix_caching=enable_prefix_caching),
+        CacheConfig(
+            block_size,
+            num_blocks,
+            enable_prefix_caching=enable_prefix_caching,
+            sliding_window=sliding_window,
+        ),
     )
 
 
@@ -274,16 +280,46 @@ ADD = st.tuples(
 OTHER = st.tuples(st.sampled_from(["step"] * 6 + ["abort", "stop"]), st.integers(0, 99))
 
 
+def test_blocks_behind_every_layers_window_are_freed_as_the_sequence_runs() -> None:
+    scheduler = make_scheduler(
+        num_blocks=6, max_num_batched_tokens=12, max_model_len=64, sliding_window=6
+    )
+    seq = make_seq(list(range(10)), max_tokens=30)  # 40 tokens would need 10 blocks
+    scheduler.add(seq)
+    step(scheduler)  # the whole prompt: positions 0-9 in blocks 0-2
+    assert None not in seq.block_ids
+    for _ in range(28):
+        start = seq.num_computed_tokens
+        step(scheduler)
+        # The step's query sat at `start` and read keys > start - 6: the blocks before
+        # those were freed when it was scheduled.
+        first_needed = max(start - 5, 0) // BLOCK_SIZE
+        assert seq.block_ids[:first_needed] == [None] * first_needed
+        assert all(b is not None for b in seq.block_ids[first_needed:])
+        assert scheduler.num_used_blocks <= 3
+    step(scheduler)
+    assert seq.num_output_tokens == 30 and not scheduler.has_unfinished()
+    assert scheduler.num_used_blocks == 0
+
+
 def check_invariants(scheduler: Scheduler, live: list[Sequence]) -> None:
     manager = scheduler.block_manager
-    holders = Counter(block_id for seq in live for block_id in seq.block_ids)
+    held = {seq.seq_id: [b for b in seq.block_ids if b is not None] for seq in live}
+    holders = Counter(block_id for blocks in held.values() for block_id in blocks)
     for block_id in range(manager.num_blocks):
         assert manager.ref_count(block_id) == holders[block_id]
     assert manager.num_free_blocks + manager.num_used_blocks == manager.num_blocks
     assert manager.num_used_blocks == len(holders)
     for seq in live:
-        assert len(set(seq.block_ids)) == len(seq.block_ids)
+        assert len(set(held[seq.seq_id])) == len(held[seq.seq_id])
         assert len(seq.block_ids) * manager.block_size >= seq.num_computed_tokens
+        # Freed blocks are a leading run, all behind the sliding window.
+        freed = seq.block_ids.index(held[seq.seq_id][0]) if held[seq.seq_id] else len(seq.block_ids)
+        assert all(b is None for b in seq.block_ids[:freed])
+        if freed:
+            window = scheduler.sliding_window
+            assert window is not None
+            assert freed * manager.block_size <= seq.num_computed_tokens - window + 1
         assert seq.status is SequenceStatus.RUNNING or not seq.block_ids
     assert scheduler.num_running <= scheduler.config.max_num_seqs
 
@@ -303,7 +339,9 @@ def run_and_check(scheduler: Scheduler, kv: dict[tuple[int, int], tuple[int, ...
         assert chunk.num_new_tokens >= 1 and seq.status is SequenceStatus.RUNNING
         assert chunk.end == seq.num_computed_tokens <= seq.num_tokens
         slot = [(seq.block_ids[p // block_size], p % block_size) for p in range(chunk.end)]
-        for position in range(chunk.start):
+        # Keys the chunk's queries read: all before it, or those its first query's window holds.
+        first_read = 0 if scheduler.sliding_window is None else chunk.start - scheduler.sliding_window + 1
+        for position in range(max(first_read, 0), chunk.start):
             assert kv[slot[position]] == tuple(seq.token_ids[: position + 1])
         for position in range(chunk.start, chunk.end):
             assert scheduler.block_manager.ref_count(slot[position][0]) == 1  # never shared
@@ -323,6 +361,7 @@ def run_and_check(scheduler: Scheduler, kv: dict[tuple[int, int], tuple[int, ...
     max_num_batched_tokens=st.integers(1, 32),
     max_num_seqs=st.integers(1, 6),
     enable_prefix_caching=st.booleans(),
+    sliding_window=st.sampled_from([None, None, 1, 3, 6]),
     operations=st.lists(st.one_of(ADD, OTHER, OTHER), min_size=10, max_size=80),
 )
 def test_random_traffic_never_leaks_or_double_frees(
@@ -331,10 +370,17 @@ def test_random_traffic_never_leaks_or_double_frees(
     max_num_batched_tokens: int,
     max_num_seqs: int,
     enable_prefix_caching: bool,
+    sliding_window: int | None,
     operations: list[tuple],
 ) -> None:
     scheduler = make_scheduler(
-        num_blocks, max_num_batched_tokens, max_num_seqs, 40, enable_prefix_caching, block_size
+        num_blocks,
+        max_num_batched_tokens,
+        max_num_seqs,
+        40,
+        enable_prefix_caching,
+        block_size,
+        sliding_window,
     )
     kv: dict[tuple[int, int], tuple[int, ...]] = {}
     sequences: list[Sequence] = []
