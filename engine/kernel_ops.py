@@ -93,8 +93,6 @@ class KernelOps:
         window: int | None = None,
         softcap: float | None = None,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-        if window is not None or softcap is not None:
-            raise NotImplementedError("the attention kernels take no window or soft-cap yet")
         return paged_attention(
             query=query,
             key_cache=key_cache,
@@ -106,6 +104,8 @@ class KernelOps:
             max_seq_len=metadata.max_seq_len,
             scale=scale,
             has_decodes=1 in metadata.query_lens_host,
+            window=window,
+            softcap=softcap,
         )
 
 

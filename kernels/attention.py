@@ -113,6 +113,8 @@ def paged_attention(
     scale: float,
     has_decodes: bool = True,  # False when no sequence has query_len 1 (skips a launch)
     num_splits: int | None = None,  # decode split-KV count; None = by occupancy
+    window: int | None = None,  # sliding window: keys > position - window; None = all
+    softcap: float | None = None,  # scores -> softcap * tanh(scores / softcap); None = off
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Causal attention of one engine step's new tokens over their paged contexts."""
     out = torch.empty_like(query)
@@ -121,6 +123,7 @@ def paged_attention(
             query=query, key_cache=key_cache, value_cache=value_cache,
             query_start_loc=query_start_loc, seq_lens=seq_lens, block_tables=block_tables,
             max_query_len=max_query_len, scale=scale, out=out, skip_decodes=has_decodes,
+            window=window, softcap=softcap,
         )  # fmt: skip
         if not has_decodes:
             return out
@@ -128,6 +131,7 @@ def paged_attention(
         query=query, key_cache=key_cache, value_cache=value_cache,
         query_start_loc=query_start_loc, seq_lens=seq_lens, block_tables=block_tables,
         max_seq_len=max_seq_len, scale=scale, out=out, num_splits=num_splits,
+        window=window, softcap=softcap,
     )  # fmt: skip
     return out
 
@@ -154,10 +158,12 @@ def paged_attention_ref(
     seq_lens: torch.Tensor,  # [num_seqs]
     block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq]
     scale: float,
+    window: int | None = None,  # keys > position - window; None = all
+    softcap: float | None = None,  # scores -> softcap * tanh(scores / softcap)
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim] float64
     """Reference in float64, one sequence at a time: gather the context through the block
     table (reads 2 * seq_len * num_kv_heads * head_dim per sequence), repeat KV heads,
-    masked softmax (materialises [num_heads, query_len, seq_len] scores)."""
+    soft-cap, masked softmax (materialises [num_heads, query_len, seq_len] scores)."""
     num_tokens, num_heads, head_dim = query.shape
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -168,7 +174,9 @@ def paged_attention_ref(
         query_len = token_end - token_start
         if query_len == 0:
             continue
-        positions = torch.arange(seq_len, device=query.device)
+        # Keys behind the first query's window are never read (their blocks may be freed).
+        key_first = 0 if window is None else max(seq_len - query_len - window + 1, 0)
+        positions = torch.arange(key_first, seq_len, device=query.device)
         slots = block_tables[seq, positions // block_size].long() * block_size + positions % block_size
         keys = key_cache.reshape(-1, num_kv_heads, head_dim)[slots].double()  # [L, Hkv, D]
         values = value_cache.reshape(-1, num_kv_heads, head_dim)[slots].double()
@@ -176,8 +184,12 @@ def paged_attention_ref(
         values = values.repeat_interleave(group, dim=1).transpose(0, 1)
         queries = query[token_start:token_end].double().transpose(0, 1)  # [Hq, q, D]
         scores = queries @ keys.transpose(1, 2) * scale  # [Hq, q, L]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         query_positions = torch.arange(seq_len - query_len, seq_len, device=query.device)
         visible = positions[None, :] <= query_positions[:, None]  # [q, L]
+        if window is not None:
+            visible &= positions[None, :] > query_positions[:, None] - window
         scores = scores.masked_fill(~visible, float("-inf"))
         out[token_start:token_end] = (scores.softmax(-1) @ values).transpose(0, 1)
     return out

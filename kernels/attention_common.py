@@ -9,6 +9,11 @@ head_dim row is contiguous, so the loads stay coalesced along head_dim.
 Grouped-query attention: the GROUP query heads that share a KV head are packed into
 the rows of one query tile, so each K/V tile is read once for the whole group.
 Query head h reads KV head h // GROUP (Hugging Face `repeat_kv` order).
+
+Sliding window (`window` > 0): a query at position p sees keys p - window < k <= p, as
+transformers masks them. Soft-capping (`softcap` > 0, Gemma 2): a score s becomes
+softcap * tanh(s / softcap) before the mask; in the log2 domain the kernels work in, that
+is the same with softcap * log2(e) in place of softcap.
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ LOG2_E = 1.4426950408889634
 
 
 @triton.jit
+def tanh(x):
+    """tanh from exp, accurate to float32 rounding at both ends (no libdevice needed)."""
+    decay = tl.exp(-2.0 * tl.abs(x))  # in (0, 1]
+    magnitude = (1.0 - decay) / (1.0 + decay)
+    return tl.where(x < 0, -magnitude, magnitude)
+
+
+@triton.jit
 def attend_tile(
     q,  # [BLOCK_M, HEAD_DIM] query rows (model dtype)
     acc,  # [BLOCK_M, HEAD_DIM] float32: sum of p * v so far
@@ -30,8 +43,11 @@ def attend_tile(
     value_cache_ptr,  # value cache advanced to this KV head
     block_table_ptr,  # [max_blocks_per_seq] int32, this sequence's row
     key_start,  # first key position of the tile
+    key_first,  # keys at positions < key_first are masked out (behind every row's window)
     key_end,  # keys at positions >= key_end are masked out (seq_len, or a split's end)
     query_positions,  # [BLOCK_M] int: position of each query row; None unless CAUSAL
+    window,  # sliding window of each row (CAUSAL and WINDOW only)
+    softcap_log2,  # softcap * log2(e) (SOFTCAP only)
     stride_cache_block,
     stride_cache_slot,
     qk_scale,  # softmax scale * log2(e)
@@ -39,16 +55,20 @@ def attend_tile(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,  # mask keys at or before query position - window, per row
+    SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,  # interpreter only: its tl.dot mishandles bfloat16
 ):
     """One online-softmax step over keys [key_start, key_start + BLOCK_N).
 
     Memory: reads BLOCK_N block-table entries (L1/L2-resident) and
-    2 * BLOCK_N * HEAD_DIM cache elements; everything else stays in registers.
+    2 * BLOCK_N * HEAD_DIM cache elements; everything else stays in registers. Masked
+    positions (out of the sequence or behind the window) are not read: their blocks may
+    have been freed and reused.
     """
     key_positions = key_start + tl.arange(0, BLOCK_N)
-    in_seq = key_positions < key_end
+    in_seq = (key_positions < key_end) & (key_positions >= key_first)
     block_ids = tl.load(block_table_ptr + key_positions // BLOCK_SIZE, mask=in_seq, other=0)
     slot_offsets = (
         block_ids.to(tl.int64) * stride_cache_block + (key_positions % BLOCK_SIZE) * stride_cache_slot
@@ -62,9 +82,13 @@ def attend_tile(
     else:
         scores = tl.dot(q, key_tile, input_precision=DOT_PRECISION)
     scores = scores * qk_scale  # [BLOCK_M, BLOCK_N], log2 domain
+    if SOFTCAP:
+        scores = softcap_log2 * tanh(x=scores / softcap_log2)
     visible = in_seq[None, :]
     if CAUSAL:
         visible = visible & (key_positions[None, :] <= query_positions[:, None])
+        if WINDOW:
+            visible = visible & (key_positions[None, :] > query_positions[:, None] - window)
     scores = tl.where(visible, scores, float("-inf"))
     new_max = tl.maximum(row_max, tl.max(scores, 1))
     # A row that has seen no visible key yet keeps max -inf; shift by 0 to avoid inf - inf.
@@ -145,3 +169,17 @@ def check_paged_attention_inputs(
 
 def next_power_of_2(value: int) -> int:
     return triton.next_power_of_2(max(1, value))
+
+
+def window_and_softcap(window: int | None, softcap: float | None) -> dict[str, object]:
+    """The kernels' arguments for a layer's window and soft-cap (checked here)."""
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 or None, got {window}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be > 0 or None, got {softcap}")
+    return {
+        "window": window or 0,
+        "softcap_log2": (softcap or 1.0) * LOG2_E,
+        "WINDOW": window is not None,
+        "SOFTCAP": softcap is not None,
+    }

@@ -1,7 +1,8 @@
 """Paged decode attention with split-KV (flash-decoding).
 
 Each decoding sequence has one new query token (at position seq_len - 1, which sees
-every cached key). A batch of a few long sequences has too few (sequence, KV head)
+every cached key, or with a sliding window the last `window` of them: the splits then
+share out the tiles from the one holding seq_len - window). A batch of a few long sequences has too few (sequence, KV head)
 pairs to fill the GPU, so each sequence's keys are cut into NUM_SPLITS ranges:
 
 1. `decode_attention_kernel`, grid (num_seqs, num_kv_heads, NUM_SPLITS): the GROUP
@@ -32,6 +33,7 @@ from kernels.attention_common import (
     dot_precision,
     next_power_of_2,
     upcast_dot,
+    window_and_softcap,
 )
 
 DECODE_BLOCK_N = 64  # keys per tile
@@ -56,12 +58,16 @@ def decode_attention_kernel(
     stride_block_tables_seq,
     num_heads,
     qk_scale,  # softmax scale * log2(e)
+    window,  # sliding window (WINDOW only)
+    softcap_log2,  # softcap * log2(e) (SOFTCAP only)
     GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,  # GROUP padded to a power of two >= 16
     BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
 ):
@@ -72,10 +78,14 @@ def decode_attention_kernel(
     if tl.load(query_start_loc_ptr + seq + 1) - token_start != 1:
         return
     seq_len = tl.load(seq_lens_ptr + seq)
+    key_first = 0  # the first key the query sees
+    if WINDOW:
+        key_first = tl.maximum(seq_len - window, 0)
     # This sequence's own tiles are shared out, so short ones use few programs' worth.
-    num_tiles = tl.cdiv(seq_len, BLOCK_N)
+    first_tile = key_first // BLOCK_N
+    num_tiles = tl.cdiv(seq_len, BLOCK_N) - first_tile
     tiles_per_split = tl.cdiv(num_tiles, NUM_SPLITS)
-    key_begin = split * tiles_per_split * BLOCK_N
+    key_begin = (first_tile + split * tiles_per_split) * BLOCK_N
     key_end = tl.minimum(key_begin + tiles_per_split * BLOCK_N, seq_len)
 
     head_in_group = tl.arange(0, BLOCK_M)
@@ -97,11 +107,14 @@ def decode_attention_kernel(
             q=q, acc=acc, row_max=row_max, row_sum=row_sum,
             key_cache_ptr=key_cache_ptr + kv_head * stride_cache_head,
             value_cache_ptr=value_cache_ptr + kv_head * stride_cache_head,
-            block_table_ptr=block_table_ptr, key_start=key_start, key_end=key_end,
-            query_positions=None,  # the one query sees every key up to key_end
+            block_table_ptr=block_table_ptr, key_start=key_start, key_first=key_first,
+            key_end=key_end,
+            query_positions=None,  # the one query sees every key in [key_first, key_end)
+            window=window, softcap_log2=softcap_log2,
             stride_cache_block=stride_cache_block, stride_cache_slot=stride_cache_slot,
             qk_scale=qk_scale, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            CAUSAL=False, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
+            CAUSAL=False, WINDOW=False, SOFTCAP=SOFTCAP,
+            DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
         )  # fmt: skip
     # An empty split (past the end of a short sequence) has row_sum 0: lse -inf, weight 0.
     nonempty = row_sum > 0.0
@@ -174,9 +187,12 @@ def decode_attention(
     scale: float,
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim] to write into
     num_splits: int | None = None,  # None = choose_num_splits
+    window: int | None = None,  # sliding window: the last `window` keys; None = all
+    softcap: float | None = None,  # scores -> softcap * tanh(scores / softcap); None = off
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]; rows of query_len-1 sequences
-    """Attention of each query_len-1 sequence's token over its whole paged context."""
+    """Attention of each query_len-1 sequence's token over its paged context."""
     check_paged_attention_inputs(query, key_cache, value_cache, query_start_loc, seq_lens, block_tables)
+    masking = window_and_softcap(window, softcap)
     if out is None:
         out = torch.empty_like(query)
     elif out.shape != query.shape or out.dtype != query.dtype or out.stride(2) != 1:
@@ -186,7 +202,8 @@ def decode_attention(
     if num_tokens == 0 or num_seqs == 0 or max_seq_len == 0:
         return out
     if num_splits is None:
-        num_splits = choose_num_splits(num_seqs, num_kv_heads, max_seq_len, query.device)
+        keys_read = max_seq_len if window is None else min(max_seq_len, window + DECODE_BLOCK_N)
+        num_splits = choose_num_splits(num_seqs, num_kv_heads, keys_read, query.device)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be in 1..{MAX_SPLITS}, got {num_splits}")
     group = num_heads // num_kv_heads
@@ -202,6 +219,7 @@ def decode_attention(
         stride_cache_block=key_cache.stride(0), stride_cache_slot=key_cache.stride(1),
         stride_cache_head=key_cache.stride(2), stride_block_tables_seq=block_tables.stride(0),
         num_heads=num_heads, qk_scale=scale * LOG2_E,
+        **masking,
         GROUP=group,
         BLOCK_M=max(16, next_power_of_2(group)),
         BLOCK_N=DECODE_BLOCK_N,

@@ -11,7 +11,8 @@ and runs FlashAttention-2's online softmax over the key tiles it can see. Progra
 past the end of a shorter sequence exit at once, so the grid needs no host sync.
 
 Key tiles entirely below the tile's first query position need no causal mask; only
-the last few tiles (the diagonal) pay for it.
+the last few tiles (the diagonal) pay for it. With a sliding window the loop starts at
+the tile holding the first key the tile's first row sees, and every tile is masked.
 
 Memory per program: Q tile once, K and V of positions < last query position once,
 output once: FLOPs 4 * query_len * seq_len * head_dim per head (half of it masked
@@ -32,6 +33,7 @@ from kernels.attention_common import (
     dot_precision,
     next_power_of_2,
     upcast_dot,
+    window_and_softcap,
 )
 
 
@@ -53,6 +55,8 @@ def prefill_attention_kernel(
     stride_cache_head,
     stride_block_tables_seq,
     qk_scale,  # softmax scale * log2(e)
+    window,  # sliding window (WINDOW only)
+    softcap_log2,  # softcap * log2(e) (SOFTCAP only)
     GROUP: tl.constexpr,  # query heads per KV head
     GROUP_PAD: tl.constexpr,  # GROUP rounded up to a power of two
     BLOCK_M: tl.constexpr,  # query rows per program = tokens * GROUP_PAD
@@ -60,6 +64,8 @@ def prefill_attention_kernel(
     BLOCK_SIZE: tl.constexpr,  # tokens per KV block
     HEAD_DIM: tl.constexpr,
     SKIP_DECODES: tl.constexpr,  # sequences with query_len 1 are left to the decode kernel
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
 ):
@@ -103,28 +109,43 @@ def prefill_attention_kernel(
     value_cache_head_ptr = value_cache_ptr + kv_head * stride_cache_head
     block_table_ptr = block_tables_ptr + seq * stride_block_tables_seq
 
-    # Keys below the tile's first query position are visible to every row.
-    unmasked_end = ((context_len + tile_start) // BLOCK_N) * BLOCK_N
-    keys_end = tl.minimum(context_len + tile_start + TOKENS_PER_TILE, seq_len)
-    for key_start in range(0, unmasked_end, BLOCK_N):
+    first_query = context_len + tile_start  # position of the tile's first query row
+    keys_end = tl.minimum(first_query + TOKENS_PER_TILE, seq_len)
+    if WINDOW:
+        # No row sees a key at or before first_query - window; every tile is masked.
+        key_first = tl.maximum(first_query - window + 1, 0)
+        unmasked_start = (key_first // BLOCK_N) * BLOCK_N
+        unmasked_end = unmasked_start
+    else:
+        # Keys below the tile's first query position are visible to every row.
+        key_first = 0
+        unmasked_start = 0
+        unmasked_end = (first_query // BLOCK_N) * BLOCK_N
+    for key_start in range(unmasked_start, unmasked_end, BLOCK_N):
         acc, row_max, row_sum = attend_tile(
             q=q, acc=acc, row_max=row_max, row_sum=row_sum,
             key_cache_ptr=key_cache_head_ptr, value_cache_ptr=value_cache_head_ptr,
-            block_table_ptr=block_table_ptr, key_start=key_start, key_end=seq_len,
+            block_table_ptr=block_table_ptr, key_start=key_start, key_first=key_first,
+            key_end=seq_len,
             query_positions=None,  # below the diagonal: every row sees every key
+            window=window, softcap_log2=softcap_log2,
             stride_cache_block=stride_cache_block, stride_cache_slot=stride_cache_slot,
             qk_scale=qk_scale, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            CAUSAL=False, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
+            CAUSAL=False, WINDOW=False, SOFTCAP=SOFTCAP,
+            DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
         )  # fmt: skip
     for key_start in range(unmasked_end, keys_end, BLOCK_N):
         acc, row_max, row_sum = attend_tile(
             q=q, acc=acc, row_max=row_max, row_sum=row_sum,
             key_cache_ptr=key_cache_head_ptr, value_cache_ptr=value_cache_head_ptr,
-            block_table_ptr=block_table_ptr, key_start=key_start, key_end=seq_len,
+            block_table_ptr=block_table_ptr, key_start=key_start, key_first=key_first,
+            key_end=seq_len,
             query_positions=query_positions,
+            window=window, softcap_log2=softcap_log2,
             stride_cache_block=stride_cache_block, stride_cache_slot=stride_cache_slot,
             qk_scale=qk_scale, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            CAUSAL=True, DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
+            CAUSAL=True, WINDOW=WINDOW, SOFTCAP=SOFTCAP,
+            DOT_PRECISION=DOT_PRECISION, UPCAST_DOT=UPCAST_DOT,
         )  # fmt: skip
 
     out = acc / tl.where(row_sum > 0.0, row_sum, 1.0)[:, None]
@@ -146,11 +167,14 @@ def prefill_attention(
     scale: float,
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim] to write into
     skip_decodes: bool = False,  # leave query_len-1 sequences' rows unwritten
+    window: int | None = None,  # sliding window: keys > position - window; None = all
+    softcap: float | None = None,  # scores -> softcap * tanh(scores / softcap); None = off
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Causal attention of every sequence's new tokens over its paged context.
 
     The new tokens' K/V must already be in the cache (`write_kv_cache`).
     """
+    masking = window_and_softcap(window, softcap)
     check_paged_attention_inputs(query, key_cache, value_cache, query_start_loc, seq_lens, block_tables)
     if out is None:
         out = torch.empty_like(query)
@@ -175,6 +199,7 @@ def prefill_attention(
         stride_cache_block=key_cache.stride(0), stride_cache_slot=key_cache.stride(1),
         stride_cache_head=key_cache.stride(2), stride_block_tables_seq=block_tables.stride(0),
         qk_scale=scale * LOG2_E,
+        **masking,
         GROUP=group,
         GROUP_PAD=group_pad,
         BLOCK_M=block_m,

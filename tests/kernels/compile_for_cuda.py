@@ -65,6 +65,8 @@ def record_launches(full: bool) -> list[Recorded]:
         seq_lens = torch.tensor([10, 20, 30], dtype=torch.int32)
         tables = torch.zeros(3, 2, dtype=torch.int32)
         paged_attention(query, cache, cache, starts, seq_lens, tables, 4, 30, 0.1)
+        # Gemma 2's layers: a sliding window and soft-capped scores.
+        paged_attention(query, cache, cache, starts, seq_lens, tables, 4, 30, 0.1, window=8, softcap=50.0)
     for mask in (None, torch.zeros(2, 4008, dtype=torch.int32)):
         logits = torch.zeros(2, 128256)
         rows = torch.zeros(2)

@@ -26,14 +26,18 @@ from tests.kernels.kernel_testing import (
 MIXED_BATCH = ([5, 1, 17, 1, 3], [5, 40, 30, 1, 19])
 
 
-def run_and_check(batch, scale: float, dtype: torch.dtype, **kwargs: object) -> None:  # noqa: ANN001
+def run_and_check(
+    batch, scale: float, dtype: torch.dtype, window: int | None = None,  # noqa: ANN001
+    softcap: float | None = None, **kwargs: object,
+) -> None:  # fmt: skip
     out = paged_attention(
         batch.query, batch.key_cache, batch.value_cache, batch.query_start_loc, batch.seq_lens,
-        batch.block_tables, batch.max_query_len, batch.max_seq_len, scale, **kwargs,
+        batch.block_tables, batch.max_query_len, batch.max_seq_len, scale, window=window,
+        softcap=softcap, **kwargs,
     )  # fmt: skip
     expected = paged_attention_ref(
         batch.query, batch.key_cache, batch.value_cache, batch.query_start_loc, batch.seq_lens,
-        batch.block_tables, scale,
+        batch.block_tables, scale, window=window, softcap=softcap,
     )  # fmt: skip
     assert out.dtype == dtype and out.shape == batch.query.shape
     assert_close(out, expected, dtype, ATTENTION_TOLERANCES)
@@ -100,6 +104,56 @@ def test_launchers_name_the_bad_argument(device: torch.device) -> None:
                         batch.seq_lens, batch.block_tables, 2, 2, 1.0)  # fmt: skip
 
 
+def poison_behind_windows(batch, window: int) -> None:  # noqa: ANN001
+    """Point every block wholly behind a sequence's window at a NaN block, as the engine
+    does for blocks it freed (their ids are reused): a kernel that read one would return NaN."""
+    block_size = batch.key_cache.shape[1]
+    used = {
+        int(block)
+        for seq, seq_len in enumerate(batch.seq_lens.tolist())
+        for block in batch.block_tables[seq, : -(-seq_len // block_size)].tolist()
+    }
+    poison = min(set(range(batch.key_cache.shape[0])) - used)  # a spare block
+    batch.key_cache[poison] = float("nan")
+    batch.value_cache[poison] = float("nan")
+    starts = batch.query_start_loc.tolist()
+    for seq, seq_len in enumerate(batch.seq_lens.tolist()):
+        first_query = seq_len - (starts[seq + 1] - starts[seq])
+        behind = max(first_query - window + 1, 0) // block_size
+        batch.block_tables[seq, :behind] = poison
+
+
+# Windows shorter than a key tile and longer than one; caps that bite (scores ~ N(0, 8)).
+@pytest.mark.parametrize(("window", "softcap"), [(5, None), (70, None), (None, 2.0), (9, 3.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_windows_and_softcap_match_reference(
+    window: int | None, softcap: float | None, dtype: torch.dtype, device: torch.device
+) -> None:
+    # Chunks continuing long contexts (blocks behind the window), decodes, a short prompt.
+    batch = make_paged_batch([5, 1, 17, 1, 3], [5, 140, 100, 9, 75], 9, 3, 64, 8, dtype, device,
+                             fresh_generator())  # fmt: skip
+    if window is not None:
+        poison_behind_windows(batch, window)
+    run_and_check(batch, 1.0, dtype, window=window, softcap=softcap)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+def test_windowed_decode_splits_only_the_window(num_splits: int | None, device: torch.device) -> None:
+    batch = make_paged_batch([1, 1], [200, 31], 4, 2, 32, 16, torch.float32, device, fresh_generator())
+    poison_behind_windows(batch, 40)
+    run_and_check(batch, 0.2, torch.float32, window=40, softcap=5.0, num_splits=num_splits)
+
+
+def test_window_and_softcap_are_checked(device: torch.device) -> None:
+    batch = make_paged_batch([2], [2], 2, 1, 16, 16, torch.float32, device, fresh_generator())
+    arguments = (batch.query, batch.key_cache, batch.value_cache, batch.query_start_loc,
+                 batch.seq_lens, batch.block_tables, 2, 2, 1.0)  # fmt: skip
+    with pytest.raises(ValueError, match="window"):
+        paged_attention(*arguments, window=0)
+    with pytest.raises(ValueError, match="softcap"):
+        paged_attention(*arguments, softcap=-1.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_write_kv_cache_stores_exactly_the_slots(dtype: torch.dtype, device: torch.device) -> None:
     generator = fresh_generator()
@@ -134,9 +188,10 @@ def test_matches_the_engine_torch_path(device: torch.device) -> None:
     key_cache = torch.randn(num_blocks, block_size, 3, 64, generator=generator).to(device)
     value_cache = torch.randn(num_blocks, block_size, 3, 64, generator=generator).to(device)
     query = torch.randn(metadata.num_tokens, 9, 64, generator=generator).to(device)
-    expected = TorchOps().attention(query, key_cache, value_cache, metadata, 0.125)
-    actual = KernelOps().attention(query, key_cache, value_cache, metadata, 0.125)
-    assert_close(actual, expected, torch.float32, ATTENTION_TOLERANCES)
+    for window, softcap in ((None, None), (7, None), (None, 1.5), (5, 4.0)):
+        expected = TorchOps().attention(query, key_cache, value_cache, metadata, 0.125, window, softcap)
+        actual = KernelOps().attention(query, key_cache, value_cache, metadata, 0.125, window, softcap)
+        assert_close(actual, expected, torch.float32, ATTENTION_TOLERANCES)
 
 
 @pytest.mark.gpu

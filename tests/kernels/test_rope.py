@@ -3,6 +3,7 @@ with every cos/sin scaling the engine builds."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,6 +23,12 @@ SCALINGS: dict[str, dict[str, Any] | None] = {
     },
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    # Phi-3's: one rescale per frequency (the long set, since 300 positions > 64) and an
+    # attention factor multiplied into cos and sin.
+    "longrope": {
+        "rope_type": "longrope", "original_max_position_embeddings": 64,
+        "short_factor": [1.0 + i / 64 for i in range(64)], "long_factor": [1.0 + i / 8 for i in range(64)],
+    },
 }  # fmt: skip
 
 
@@ -33,6 +40,10 @@ def cos_sin_cache(head_dim: int, scaling: dict[str, Any] | None, max_positions: 
         tie_word_embeddings=False, attention_bias=False, eos_token_ids=(2,), bos_token_id=1,
         torch_dtype="float32",
     )  # fmt: skip
+    if scaling is not None and "long_factor" in scaling:  # one factor per frequency
+        scaling = {**scaling, "short_factor": scaling["short_factor"][: head_dim // 2],
+                   "long_factor": scaling["long_factor"][: head_dim // 2]}  # fmt: skip
+        config = replace(config, rope_scaling=scaling)
     return build_cos_sin_cache(config, max_positions)
 
 
