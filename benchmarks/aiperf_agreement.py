@@ -1,0 +1,165 @@
+"""`tritium bench` and NVIDIA's aiperf on the same workload against the same stack: do
+they measure the same TTFT, inter-token latency and throughput?
+
+    make aiperf    # aiperf in .venv-aiperf (its dependencies stay out of .venv)
+    .venv/bin/python -m benchmarks.aiperf_agreement --url http://127.0.0.1:8000 \\
+        --model smollm2-135m-instruct --tokenizer MODEL_DIR --aiperf .venv-aiperf/bin/aiperf
+
+Rounds alternate the two tools (tritium bench, aiperf, tritium bench, ...), so a machine
+whose load drifts affects both alike; each metric is the median over rounds. The names
+differ: aiperf's inter-token latency is our TPOT (docs/benchmarks.md, Metrics).
+Results go to <output-dir>/aiperf.json and aiperf.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench import BenchConfig, run_bench
+from benchmarks.report import machine_info
+from benchmarks.runner import Load
+from benchmarks.workloads import WorkloadSpec
+
+# ours -> aiperf's name, for the metrics compared
+METRICS = {
+    "ttft_mean_ms": ("time_to_first_token", "avg"),
+    "ttft_p50_ms": ("time_to_first_token", "p50"),
+    "tpot_mean_ms": ("inter_token_latency", "avg"),
+    "tpot_p50_ms": ("inter_token_latency", "p50"),
+    "output_tokens_per_s": ("output_token_throughput", "avg"),
+    "requests_per_s": ("request_throughput", "avg"),
+}
+TOLERANCE = 0.10
+
+
+def aiperf_summary(export: dict[str, Any]) -> dict[str, float]:
+    """Our names for the numbers of aiperf's profile_export_aiperf.json."""
+    return {ours: float(export[name][stat]) for ours, (name, stat) in METRICS.items()}
+
+
+def ours_summary(summary: Any) -> dict[str, float]:
+    return {
+        "ttft_mean_ms": summary.ttft.mean_ms,
+        "ttft_p50_ms": summary.ttft.p50_ms,
+        "tpot_mean_ms": summary.tpot.mean_ms,
+        "tpot_p50_ms": summary.tpot.p50_ms,
+        "output_tokens_per_s": summary.output_tokens_per_s,
+        "requests_per_s": summary.requests_per_s,
+    }
+
+
+def agreement(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> dict[str, Any]:
+    """Per metric: the median of each tool over rounds and their relative difference."""
+    rows = {}
+    for metric in METRICS:
+        mine = statistics.median(round_[metric] for round_ in ours)
+        other = statistics.median(round_[metric] for round_ in theirs)
+        difference = abs(mine - other) / other if other else float("inf")
+        rows[metric] = {
+            "tritium_bench": mine,
+            "aiperf": other,
+            "relative_difference": difference,
+            "within_tolerance": difference <= TOLERANCE,
+        }
+    return rows
+
+
+def aiperf_command(args: argparse.Namespace, artifacts: Path) -> list[str]:
+    return [
+        args.aiperf, "profile", "-m", args.model, "--url", args.url,
+        "--endpoint-type", "chat", "--streaming", "--tokenizer", str(args.tokenizer),
+        "--synthetic-input-tokens-mean", str(args.input_len), "--synthetic-input-tokens-stddev", "0",
+        "--output-tokens-mean", str(args.output_len), "--output-tokens-stddev", "0",
+        "--extra-inputs", "ignore_eos:true", "--use-server-token-count",
+        "--concurrency", str(args.concurrency), "--request-count", str(args.num_prompts),
+        "--warmup-request-count", str(args.concurrency),
+        "--artifact-dir", str(artifacts), "--ui-type", "none",
+    ]  # fmt: skip
+
+
+def run_aiperf(args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="aiperf-") as directory:
+        artifacts = Path(directory)
+        result = subprocess.run(aiperf_command(args, artifacts), capture_output=True, text=True)
+        export = artifacts / "profile_export_aiperf.json"
+        if result.returncode != 0 or not export.is_file():
+            raise RuntimeError(f"aiperf failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        data = json.loads(export.read_text())
+    if data.get("error_request_count", {}).get("avg"):
+        raise RuntimeError(f"aiperf saw failed requests: {data.get('error_summary')}")
+    return aiperf_summary(data)
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, float]:
+    config = BenchConfig(
+        backend="openai-chat", url=args.url.rstrip("/") + "/v1", model=args.model,
+        workload=WorkloadSpec("fixed", args.input_len, args.output_len, tokenizer_path=args.tokenizer),
+        loads=(Load(args.concurrency),), num_prompts=args.num_prompts,
+        warmup_requests=args.concurrency, label="tritium bench", progress=False,
+    )  # fmt: skip
+    run = asyncio.run(run_bench(config))
+    (level,) = run.levels
+    if level.summary.failed:
+        raise RuntimeError(f"tritium bench saw {level.summary.failed} failed requests")
+    return ours_summary(level.summary)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| metric | tritium bench | aiperf | difference |",
+        "|---|---|---|---|",
+    ]
+    for metric, row in result["agreement"].items():
+        mark = "" if row["within_tolerance"] else " (over 10%)"
+        lines.append(
+            f"| {metric} | {row['tritium_bench']:.2f} | {row['aiperf']:.2f} "
+            f"| {row['relative_difference']:.1%}{mark} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.aiperf_agreement", description=__doc__
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server, without /v1")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--tokenizer", type=Path, required=True, help="the model's directory")
+    parser.add_argument("--aiperf", default=".venv-aiperf/bin/aiperf")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--num-prompts", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    ours, theirs = [], []
+    for number in range(args.rounds):
+        print(f"round {number + 1} of {args.rounds}: tritium bench", file=sys.stderr, flush=True)
+        ours.append(run_ours(args))
+        print(f"round {number + 1} of {args.rounds}: aiperf", file=sys.stderr, flush=True)
+        theirs.append(run_aiperf(args))
+    settings = {key: str(value) for key, value in vars(args).items()}
+    result = {
+        "settings": settings,
+        "machine": machine_info(),
+        "rounds": {"tritium_bench": ours, "aiperf": theirs},
+        "agreement": agreement(ours, theirs),
+    }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "aiperf.json").write_text(json.dumps(result, indent=1))
+    (args.output_dir / "aiperf.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0 if all(row["within_tolerance"] for row in result["agreement"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""benchmarks/aiperf_agreement.py: aiperf's export read under our names, and the comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.aiperf_agreement import agreement, aiperf_command, aiperf_summary
+
+
+def export(ttft: float, itl: float, throughput: float) -> dict:
+    """The parts of aiperf's profile_export_aiperf.json that we read."""
+    return {
+        "time_to_first_token": {"unit": "ms", "avg": ttft, "p50": ttft},
+        "inter_token_latency": {"unit": "ms", "avg": itl, "p50": itl},
+        "output_token_throughput": {"unit": "tokens/sec", "avg": throughput},
+        "request_throughput": {"unit": "requests/sec", "avg": throughput / 32},
+    }
+
+
+def test_aiperf_inter_token_latency_is_compared_with_our_tpot() -> None:
+    summary = aiperf_summary(export(120.0, 40.0, 96.0))
+    assert summary["tpot_mean_ms"] == 40.0 and summary["ttft_p50_ms"] == 120.0
+    ours = [dict(summary, tpot_mean_ms=42.0), dict(summary, tpot_mean_ms=50.0)]
+    theirs = [summary, aiperf_summary(export(120.0, 40.0, 96.0))]
+    rows = agreement(ours, theirs)
+    assert rows["ttft_p50_ms"]["relative_difference"] == 0.0
+    assert rows["tpot_mean_ms"]["tritium_bench"] == 46.0  # the median of the rounds
+    assert rows["tpot_mean_ms"]["relative_difference"] == 0.15
+    assert not rows["tpot_mean_ms"]["within_tolerance"]
+
+
+def test_the_aiperf_command_matches_our_workload(tmp_path: Path) -> None:
+    import argparse
+
+    args = argparse.Namespace(
+        aiperf="aiperf", model="m", url="http://h:1", tokenizer=tmp_path, input_len=64,
+        output_len=16, concurrency=4, num_prompts=12,
+    )  # fmt: skip
+    command = aiperf_command(args, tmp_path / "artifacts")
+    pairs = dict(zip(command[2::1], command[3::1], strict=False))
+    assert pairs["--synthetic-input-tokens-mean"] == "64"
+    assert pairs["--synthetic-input-tokens-stddev"] == "0"
+    assert pairs["--output-tokens-mean"] == "16" and pairs["--concurrency"] == "4"
+    assert pairs["--extra-inputs"] == "ignore_eos:true"
+    assert "--use-server-token-count" in command and "--streaming" in command
