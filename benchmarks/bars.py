@@ -1,5 +1,6 @@
 """The issue's bars, computed from the suite's stage files (null.json, compare.json,
-peer.json, hf.json) into bars.md and bars.json."""
+peer.json, hf.json) into bars.md and bars.json. The peer is llama.cpp's own llama-server
+(parallel slots, continuous batching), measured in the same run as our stack (peer.json)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,28 @@ def _overhead_verdict(cost: dict[str, float]) -> bool | str:
     return cost["total_cost"] <= OVERHEAD_BAR
 
 
-def evaluate(null: dict[str, Any] | None, compare: dict[str, Any] | None) -> list[dict[str, Any]]:
+def peer_bars(peer: dict[str, Any]) -> list[dict[str, Any]]:
+    """Our full stack against llama-server at every level the peer stage measured (both in
+    the same run): output tokens/s decides, TTFT p50 is shown beside it."""
+    ours, theirs = peer["tritium"]["levels"], peer["llama_server"]["levels"]
+    bars = []
+    for level in sorted(set(ours) & set(theirs), key=int):
+        mine, peer_level = ours[level], theirs[level]
+        rate, peer_rate = mine["output_tokens_per_s"], peer_level["output_tokens_per_s"]
+        bars.append({
+            "bar": f"full-stack output tokens/s >= llama-server's (concurrency {level})",
+            "measured": f"{rate:.1f} vs {peer_rate:.1f} tok/s ({rate / peer_rate:.2f}x); "
+                        f"TTFT p50 {mine['ttft_p50_ms']:.0f} vs {peer_level['ttft_p50_ms']:.0f} ms",
+            "met": rate >= peer_rate,
+        })  # fmt: skip
+    return bars
+
+
+def evaluate(
+    null: dict[str, Any] | None,
+    compare: dict[str, Any] | None,
+    peer: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """One entry per bar: what was measured, the bar, met or not."""
     bars: list[dict[str, Any]] = []
     if compare is not None:
@@ -50,12 +72,6 @@ def evaluate(null: dict[str, Any] | None, compare: dict[str, Any] | None) -> lis
                      "measured": f"{cost['total_cost']:.1%} (Triton {cost['triton_cost']:.1%}, "
                                  f"adapter {cost['adapter_cost']:.1%})",
                      "met": _overhead_verdict(cost), "details": cost})  # fmt: skip
-        if "llama_cpp" in results:
-            ours = results["adapter"]["output_tokens_per_s"]
-            peer = results["llama_cpp"]["output_tokens_per_s"]
-            bars.append({"bar": "full-stack output tokens/s >= llama.cpp server's (concurrency 32)",
-                         "measured": f"{ours:.0f} vs {peer:.0f} tok/s ({ours / peer:.2f}x)",
-                         "met": ours >= peer})  # fmt: skip
         ttft = results["adapter_concurrency_1"]["ttft_p50_ms"]
         engine = results.get("engine_offline_first_token_ms")
         alone = f" (engine alone: {engine:.0f} ms)" if engine is not None else ""
@@ -74,10 +90,14 @@ def evaluate(null: dict[str, Any] | None, compare: dict[str, Any] | None) -> lis
                      "measured": shown, "met": best >= NULL_TOKENS_PER_S_BAR,
                      "met_at_every_coalescing": all(v["output_tokens_per_s"] >= NULL_TOKENS_PER_S_BAR
                                                     for v in adapter.values())})  # fmt: skip
+    if peer is not None and "llama_server" in peer["results"]:
+        bars += peer_bars(peer["results"])
     return bars
 
 
-def throughput_table(compare: dict[str, Any] | None, hf: dict[str, Any] | None) -> list[str]:
+def throughput_table(
+    compare: dict[str, Any] | None, hf: dict[str, Any] | None, peer: dict[str, Any] | None = None
+) -> list[str]:
     """Output tokens/s of every system on the same workload (128 in / 128 out)."""
     rows: list[tuple[str, float]] = []
     if compare is not None:
@@ -88,10 +108,18 @@ def throughput_table(compare: dict[str, Any] | None, hf: dict[str, Any] | None) 
         for key, name in (
             ("triton_direct", "Triton direct, gRPC (concurrency 32)"),
             ("adapter", "full stack, adapter (concurrency 32)"),
-            ("llama_cpp", "llama.cpp server (concurrency 32)"),
         ):
             if key in results:
                 rows.append((name, results[key]["output_tokens_per_s"]))
+    if peer is not None:
+        for key, name in (
+            ("tritium", "full stack, adapter, peer stage (concurrency 32)"),
+            ("llama_server", "llama.cpp llama-server, 32 slots (concurrency 32)"),
+            ("llama_cpp_python", "llama-cpp-python server, one request at a time (concurrency 32)"),
+        ):
+            level = peer["results"].get(key, {}).get("levels", {}).get("32")
+            if level is not None:
+                rows.append((name, level["output_tokens_per_s"]))
     if hf is not None:
         rows.append(
             ("transformers generate, batch 32", hf["results"]["hf_batched"]["output_tokens_per_s"])
@@ -109,14 +137,12 @@ def throughput_table(compare: dict[str, Any] | None, hf: dict[str, Any] | None) 
 
 
 def side_by_side(directory: Path) -> list[str]:
-    """Our sweep and the peer's on the same axes: side-by-side-{throughput,latency}.png."""
+    """The peer stage's sweeps (ours, llama-server's, and llama-cpp-python's when measured), all
+    from one run, on the same axes: side-by-side-{throughput,latency}.png."""
     from benchmarks.report import markdown_table, read_json, write_plots
 
-    runs = []
-    for stage, label in (("compare", "tritium"), ("peer", None)):
-        path = directory / f"{stage}-runs.json"
-        if path.is_file():
-            runs += [run for run in read_json(path) if label is None or run.label == label]
+    path = directory / "peer-runs.json"
+    runs = read_json(path) if path.is_file() else []
     if len(runs) < 2:
         return []
     paths = write_plots(runs, directory, "side-by-side")
@@ -129,13 +155,11 @@ def _verdict(met: bool | str) -> str:
 
 def write_bars(directory: Path) -> str:
     stages = {stage: _load(directory, stage) for stage in ("null", "compare", "peer", "hf")}
-    compare = stages["compare"]
-    if compare is not None and stages["peer"] is not None:  # the peer is compared as one run
-        compare = {**compare, "results": {**compare["results"], **stages["peer"]["results"]}}
-    bars = evaluate(stages["null"], compare)
+    compare, peer = stages["compare"], stages["peer"]
+    bars = evaluate(stages["null"], compare, peer)
     lines = ["# Bars", "", "| bar | measured | met |", "|---|---|---|"]
     lines += [f"| {bar['bar']} | {bar['measured']} | {_verdict(bar['met'])} |" for bar in bars]
-    lines += throughput_table(compare, stages["hf"])
+    lines += throughput_table(compare, stages["hf"], peer)
     lines += ["", "Load average (uptime) per stage:", ""]
     for stage, record in stages.items():
         if record is not None:

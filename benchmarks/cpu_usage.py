@@ -20,7 +20,7 @@ ROLES = (
     ("triton_python_backend_stub", "model (Python backend stub)"),
     ("tritonserver", "tritonserver"),
     ("-m adapter", "adapter"),
-    ("llama_cpp.server", "llama.cpp server"),
+    ("llama_cpp.server", "llama-cpp-python server"),
     ("tritium serve", "launcher"),
 )
 

@@ -1,5 +1,6 @@
-"""Start servers to benchmark on free ports: `tritium serve` on a model repository, or
-llama.cpp's server (llama-cpp-python). Each is a context manager that stops its whole
+"""Start servers to benchmark on free ports: `tritium serve` on a model repository,
+llama.cpp's own `llama-server` (the peer, built by `python -m benchmarks.peer build`), or
+llama-cpp-python's single-slot server. Each is a context manager that stops its whole
 process group on exit."""
 
 from __future__ import annotations
@@ -67,6 +68,29 @@ def tritium_stack(
 
 
 @contextmanager
+def llama_server(
+    binary: Path,
+    gguf_path: Path,
+    log_dir: Path,
+    threads: int,
+    port: int | None = None,
+    startup_timeout_s: float = 180,
+) -> Iterator[Endpoints]:
+    """llama.cpp's `llama-server` on ``gguf_path`` with the command line of
+    `benchmarks.peer.server_command` (parallel slots, continuous batching); yields once
+    `/health` answers 200 (it answers 503 while the model loads)."""
+    from benchmarks.peer import server_command
+
+    port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "llama_server.log"
+    base = f"http://127.0.0.1:{port}"
+    command = server_command(binary, gguf_path, port, threads)
+    with _process(command, log_path, f"{base}/health", startup_timeout_s, signal.SIGTERM) as pid:
+        yield Endpoints(f"{base}/v1", "", "", log_path, pid)
+
+
+@contextmanager
 def llama_cpp_server(
     gguf_path: Path, log_dir: Path, settings: dict[str, str], startup_timeout_s: float = 180
 ) -> Iterator[Endpoints]:
@@ -106,7 +130,8 @@ def _wait_ready(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"{process.args[2]} exited with {process.returncode}:\n{_tail(log_path)}"
+                f"{' '.join(map(str, process.args[:3]))} exited with {process.returncode}:\n"
+                f"{_tail(log_path)}"
             )
         try:
             if httpx.get(ready_url, timeout=2).status_code == 200:

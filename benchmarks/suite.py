@@ -1,9 +1,11 @@
 """The published measurement: the stack's ceiling, the overhead breakdown, and the peer.
 
+    .venv/bin/python -m benchmarks.peer build      # once: llama.cpp's llama-server (10-15 min)
     .venv/bin/python -m benchmarks.suite null      # null model: responses/s through Triton and the adapter
-    .venv/bin/python -m benchmarks.suite compare   # engine offline -> Triton direct -> adapter, llama.cpp server
+    .venv/bin/python -m benchmarks.suite compare   # engine offline -> Triton direct -> adapter
+    .venv/bin/python -m benchmarks.suite peer      # Tritium and llama-server, back to back
     .venv/bin/python -m benchmarks.suite hf        # transformers generate: the floor
-    .venv/bin/python -m benchmarks.suite bars      # the issue's bars from the three above
+    .venv/bin/python -m benchmarks.suite bars      # the issue's bars from the stages above
 
 Each stage runs in a few minutes, records `uptime` before and after, and writes
 `<output-dir>/<stage>.json` (the facts the bars use) and `<stage>-runs.*` (every request,
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,19 +27,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import peer
 from benchmarks.bench import BenchConfig, run_bench
 from benchmarks.cpu_usage import CpuMeter
-from benchmarks.report import LevelResult, RunResult, write_all
+from benchmarks.report import LevelResult, RunResult, machine_info, write_all
 from benchmarks.runner import Load
-from benchmarks.stack import REPO_ROOT, llama_cpp_server, tritium_stack
+from benchmarks.stack import REPO_ROOT, Endpoints, llama_cpp_server, llama_server, tritium_stack
 from benchmarks.workloads import WorkloadSpec
 
 MODEL_NAME = "smollm2-135m-instruct"
 INPUT_LEN = OUTPUT_LEN = 128
 BAR_CONCURRENCY = 32
-# (concurrency, requests): one wave of requests per level. On 2 busy CPU cores one wave at
-# concurrency 32 (4,096 prompt + 4,096 output tokens) takes the engine about 5 minutes.
-SWEEP = ((1, 2), (4, 4), (BAR_CONCURRENCY, BAR_CONCURRENCY))
+# (concurrency, requests): one wave of requests per level (four at concurrency 1, for a
+# median of more than two). On 2 CPU cores a wave at concurrency 32 (4,096 prompt + 4,096
+# output tokens) takes the engine about 20 s on a quiet machine, minutes on a busy one.
+SWEEP = ((1, 4), (8, 8), (BAR_CONCURRENCY, BAR_CONCURRENCY))
 # The engine's sizes as the offline benchmark's `run_engine` sets them, and the dtype passed
 # to it, so that "engine offline" and "through Triton" differ only by what is in front.
 ENGINE_PARAMETERS = {
@@ -46,10 +51,11 @@ ENGINE_PARAMETERS = {
     "kv_cache_memory_mb": "1024",
     "dtype": "auto",  # what users get: bf16 on CPUs with AVX512-BF16 or AMX, else fp32
 }
-# llama-cpp-python's server: both cores, the engine's context length, prompt batches as
-# large as the engine's token budget. It serves one request at a time (a lock around one
-# llama.cpp context); interrupt_requests (on by default) would cut a stream short whenever
-# another request waits, so it is off.
+# llama-cpp-python's server, an extra row only (not the peer: it is not what llama.cpp's users
+# run): both cores, the engine's context length, prompt batches as large as the engine's
+# token budget. It serves one request at a time (a lock around one llama.cpp context);
+# interrupt_requests (on by default) would cut a stream short whenever another request
+# waits, so it is off.
 LLAMA_CPP_SETTINGS = {
     "n_threads": "2",
     "n_threads_batch": "2",
@@ -80,17 +86,18 @@ def workload(tokenizer_dir: Path | None) -> WorkloadSpec:
 
 def bench(label: str, backend: str, url: str, model: str, spec: WorkloadSpec,
           levels: tuple[tuple[int, int], ...], extra_body: dict[str, Any] | None = None,
-          peer: bool = False) -> RunResult:  # fmt: skip
-    """One run per level (each with its own request count), merged into one result. A peer
-    gets no ignore_eos (the extra body says how it keeps generating) and may lack usage."""
+          single_slot: bool = False) -> RunResult:  # fmt: skip
+    """One run per level (each with its own request count), merged into one result.
+    llama-cpp-python's single-slot server gets no ignore_eos (the extra body says how it keeps
+    generating), may lack usage, and is warmed up by one request (it batches nothing)."""
     merged: RunResult | None = None
     for concurrency, num_prompts in levels:
         config = BenchConfig(
             backend=backend, url=url, model=model, workload=spec, loads=(Load(concurrency),),
-            # A whole wave warms every batch shape of ours; the peer runs one at a time.
-            num_prompts=num_prompts, warmup_requests=1 if peer else concurrency,
-            time_limit_s=LEVEL_TIME_LIMIT_S,
-            extra_body=extra_body or {}, label=label, ignore_eos=not peer, length_without_usage=peer,
+            # A whole wave warms every batch shape (ours, llama-server's).
+            num_prompts=num_prompts, warmup_requests=1 if single_slot else concurrency,
+            time_limit_s=LEVEL_TIME_LIMIT_S, extra_body=extra_body or {}, label=label,
+            ignore_eos=not single_slot, length_without_usage=single_slot,
         )  # fmt: skip
         run = asyncio.run(run_bench(config))
         if merged is None:
@@ -186,45 +193,104 @@ def stage_compare(work_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
 
 
 def stage_peer(work_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
-    """llama.cpp's server on the same GGUF file, same workload and sweep as `compare`."""
-    from engine.package import default_gguf_path
+    """Tritium's full stack and llama.cpp's llama-server, one after the other in one run: the
+    same GGUF (ours dequantized to bf16 from it, llama-server's as it is), the same client,
+    workload and levels. llama-cpp-python's server follows as an extra row when installed."""
+    from engine.package import default_gguf_path, package_model
 
-    gguf, spec = default_gguf_path(), workload(default_weights_dir())
-    try:
-        import llama_cpp  # noqa: F401 - only to know whether the peer is installed
-    except ImportError:
-        print("llama-cpp-python is not installed: no peer (pip install 'llama-cpp-python[server]')")
-        return {}, []
-    # llama-cpp-python has no ignore_eos: min_tokens = max_tokens does the same (EOS is
-    # masked until then). It sends no usage when streaming, so a stream that ends by
-    # "length" counts max_tokens; check_peer_usage verifies that on a non-streamed request.
-    extra = {"min_tokens": OUTPUT_LEN}
-    with llama_cpp_server(gguf, work_dir / "llama_logs", LLAMA_CPP_SETTINGS) as endpoints:
-        usage = check_peer_usage(endpoints.openai_url, spec, extra)
+    binary = peer.binary_path()
+    if not binary.is_file():
+        raise peer.PeerError(f"{binary} is missing: `python -m benchmarks.peer build` first")
+    weights_dir = default_weights_dir()
+    spec = workload(weights_dir)
+    gguf = default_gguf_path()
+    repository = work_dir / "model_repository"
+    package_model(
+        str(weights_dir), MODEL_NAME, repository, parameters=ENGINE_PARAMETERS, progress=False
+    )
+    results: dict[str, Any] = {"machine": machine_info(), "gguf": str(gguf)}
+    runs = []
+    with tritium_stack(repository, work_dir / "stack_logs") as endpoints:
+        results["tritium"], run = server_sweep(
+            "tritium", endpoints, MODEL_NAME, spec, {"engine_parameters": ENGINE_PARAMETERS}
+        )
+        runs.append(run)
+    threads = os.cpu_count() or 1
+    with llama_server(binary, gguf, work_dir / "llama_server_logs", threads) as endpoints:
+        described = {
+            "command": peer.server_command(binary, gguf, 0, threads),
+            "build": peer.build_info(),
+            "non_streamed_usage": check_usage(endpoints.openai_url, spec, {"ignore_eos": True}),
+        }
+        results["llama_server"], run = server_sweep(
+            "llama-server", endpoints, MODEL_NAME, spec, described
+        )
+        runs.append(run)
+    extra = single_slot_row(gguf, spec, work_dir)
+    if extra is not None:
+        results["llama_cpp_python"], run = extra
+        runs.append(run)
+    return results, runs
+
+
+def server_sweep(label: str, endpoints: Endpoints, model: str, spec: WorkloadSpec,
+                 described: dict[str, Any], extra_body: dict[str, Any] | None = None,
+                 single_slot: bool = False) -> tuple[dict[str, Any], RunResult]:  # fmt: skip
+    """Every level of SWEEP against one server, each level with its own CPU meter, between
+    two `uptime`s."""
+    entry: dict[str, Any] = {**described, "uptime_before": uptime(), "levels": {}}
+    merged: RunResult | None = None
+    for level in SWEEP:
         run, cpu = measure_with_cpu(
             [endpoints.pid],
-            lambda: bench("llama.cpp server (llama-cpp-python)", "openai-completions",
-                          endpoints.openai_url, "peer", spec, SWEEP, extra, peer=True),
+            lambda lv=level: bench(label, "openai-completions", endpoints.openai_url, model,
+                                   spec, (lv,), extra_body, single_slot),
         )  # fmt: skip
-    results = {
-        "llama_cpp": facts(run, BAR_CONCURRENCY, cpu),
-        "llama_cpp_concurrency_1": facts(run, 1),
-        "llama_cpp_non_streamed_usage": usage,
-    }
-    return results, [run]
+        entry["levels"][str(level[0])] = facts(run, level[0], cpu)
+        if merged is None:
+            merged = run
+        else:
+            merged.levels += run.levels
+    entry["uptime_after"] = uptime()
+    assert merged is not None
+    return entry, merged
 
 
-def check_peer_usage(base_url: str, spec: WorkloadSpec, extra: dict[str, Any]) -> dict[str, Any]:
-    """One non-streamed request: the usage the peer reports for the benchmark's request."""
+def single_slot_row(
+    gguf: Path, spec: WorkloadSpec, work_dir: Path
+) -> tuple[dict[str, Any], RunResult] | None:
+    """llama-cpp-python's server (one request at a time), labelled for what it is; skipped
+    when it is not installed."""
+    try:
+        import llama_cpp  # noqa: F401 - only to know whether it is installed
+    except ImportError:
+        print("llama-cpp-python is not installed: no single-slot row (it is optional)")
+        return None
+    # It has no ignore_eos: min_tokens = max_tokens does the same (EOS is masked until then).
+    # It sends no usage when streaming, so a stream that ends by "length" counts max_tokens;
+    # check_usage verifies that on a non-streamed request.
+    extra = {"min_tokens": OUTPUT_LEN}
+    with llama_cpp_server(gguf, work_dir / "llama_cpp_logs", LLAMA_CPP_SETTINGS) as endpoints:
+        described = {
+            "settings": LLAMA_CPP_SETTINGS,
+            "non_streamed_usage": check_usage(endpoints.openai_url, spec, extra),
+        }
+        return server_sweep("llama-cpp-python server (one request at a time)", endpoints,
+                            "peer", spec, described, extra, single_slot=True)  # fmt: skip
+
+
+def check_usage(base_url: str, spec: WorkloadSpec, extra: dict[str, Any]) -> dict[str, Any]:
+    """One non-streamed request: the usage a server reports for the benchmark's request."""
     import httpx
 
     request = spec.build(1, seed_offset=20_000)[0]
-    body = {"prompt": request.as_text(), "max_tokens": request.max_tokens, "temperature": 0.0}
+    body = {"model": MODEL_NAME, "prompt": request.as_text(), "max_tokens": request.max_tokens,
+            "temperature": 0.0}  # fmt: skip
     reply = httpx.post(f"{base_url}/completions", json={**body, **extra}, timeout=300).json()
     usage = reply["usage"]
     if usage["completion_tokens"] != request.max_tokens:
         raise RuntimeError(
-            f"the peer generated {usage['completion_tokens']} tokens, not {request.max_tokens}"
+            f"the server generated {usage['completion_tokens']} tokens, not {request.max_tokens}"
         )
     return usage
 
@@ -322,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(write_bars(args.output_dir))
         return 0
-    run_stage(args.stage, args.output_dir)
+    try:
+        run_stage(args.stage, args.output_dir)
+    except peer.PeerError as error:
+        print(f"benchmarks.suite: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
