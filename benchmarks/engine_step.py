@@ -4,7 +4,9 @@ where it goes (torch.profiler, by operator).
     .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 32
 
 Prefills `--num-seqs` random 128-token prompts, then times `--steps` decode steps (all
-sequences decoding, contexts of 129 and up) and profiles `--profile-steps` more.
+sequences decoding, contexts of 129 and up) and profiles `--profile-steps` more. It also
+prints the bytes of weights a decode step reads and the machine's measured memory read
+bandwidth: their quotient is the least time a step can take when it is bound by memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import statistics
 import time
 
+import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.engine_offline import _default_weights_dir, synthetic_prompts
@@ -20,6 +23,24 @@ from engine.api import GenerationRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine, PreparedRequest
 from engine.sampling_params import SamplingParams
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the parameters (a tied embedding counted once): what one decode step reads,
+    since the LM head multiplies by the whole embedding matrix."""
+    return sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+
+
+def memory_read_gb_per_s(size_mib: int = 1024, repeats: int = 5) -> float:
+    """Read bandwidth as a decode step sees it: torch sums a tensor far larger than the
+    last-level cache with torch's threads (best of ``repeats``), so it streams from DRAM."""
+    data = torch.ones(size_mib * 2**20 // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.numel() * data.element_size() / best / 1e9
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     dtype = engine.runner.dtype
     print(f"{args.num_seqs} sequences, {dtype}: prefill {prefill_s:.2f} s; decode step median "
           f"{statistics.median(times) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms")  # fmt: skip
+    weights, bandwidth = weight_bytes(engine.runner.model), memory_read_gb_per_s()
+    print(f"weights read per decode step: {weights / 1e6:.0f} MB; memory read bandwidth "
+          f"(sum of 1 GiB, {torch.get_num_threads()} threads): {bandwidth:.1f} GB/s; reading "
+          f"the weights once takes at least {weights / bandwidth / 1e6:.1f} ms")  # fmt: skip
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(args.profile_steps):
             engine.step()
