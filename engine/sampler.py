@@ -53,6 +53,7 @@ torch, once for both backends and only for the rows that ask.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
@@ -277,7 +278,7 @@ class TorchSampling:
         allowed: torch.Tensor | None = None,  # [num_seqs, cdiv(vocab_size, 32)] int32
     ) -> torch.Tensor:  # [num_seqs] int64
         if allowed is not None:
-            logits = logits.masked_fill(~unpack_bitmask(allowed, logits.shape[1]), float("-inf"))
+            logits = mask_disallowed(logits, allowed)
         token_ids = logits.argmax(dim=-1)  # final for greedy rows
         random_rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
         if random_rows:
@@ -366,8 +367,32 @@ def unpack_bitmask(
     words: torch.Tensor,  # [R, cdiv(vocab_size, 32)] int32: bit j of word w = token 32 w + j
     vocab_size: int,
 ) -> torch.Tensor:  # [R, vocab_size] bool
-    bits = (words.long()[:, :, None] >> torch.arange(32, device=words.device)) & 1
-    return bits.reshape(words.shape[0], -1)[:, :vocab_size].bool()
+    bit_values = torch.tensor([1 << bit for bit in range(8)], dtype=torch.uint8, device=words.device)
+    return ((_bitmask_bytes(words)[:, :, None] & bit_values) != 0).reshape(words.shape[0], -1)[
+        :, :vocab_size
+    ]
+
+
+def mask_disallowed(
+    logits: torch.Tensor,  # [R, vocab_size] float32
+    words: torch.Tensor,  # [R, cdiv(vocab_size, 32)] int32, unpack_bitmask's layout
+) -> torch.Tensor:  # [R, vocab_size]: logits, -inf where the bitmask disallows
+    """logits + (0 or -inf per token), the addend looked up a byte of the mask at a time:
+    about 1 ms for 32 rows of 49,152 on one CPU core, where unpacking bits to a bool mask
+    and `masked_fill` took 30 (the torch backend's whole cost of structured output)."""
+    byte_values = torch.arange(256, device=words.device)[:, None]
+    bits = torch.arange(8, device=words.device)
+    addend = torch.where((byte_values >> bits) & 1 == 1, 0.0, float("-inf"))  # [256, 8]
+    per_token = torch.nn.functional.embedding(_bitmask_bytes(words).long(), addend)
+    return logits + per_token.reshape(words.shape[0], -1)[:, : logits.shape[1]]
+
+
+def _bitmask_bytes(words: torch.Tensor) -> torch.Tensor:  # [R, 4 * W] uint8
+    """The mask's bytes in token order: byte k of word w holds tokens 32 w + 8 k .. + 7,
+    which is how a little-endian machine (every one torch runs on) stores the words."""
+    if sys.byteorder != "little":
+        raise RuntimeError("the allowed-token bitmask is read as little-endian bytes")
+    return words.contiguous().view(torch.uint8)
 
 
 def engine_generator(seed: int | None, device: torch.device) -> torch.Generator:
