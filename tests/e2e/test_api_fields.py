@@ -272,12 +272,8 @@ def test_best_of_equal_to_n_is_served_and_other_values_are_refused(
     ("endpoint", "fields", "param"),
     [
         ("completions", {"suffix": " and so on."}, "suffix"),
-        ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
-        (
-            "chat",
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-            "tools",
-        ),
+        ("chat", {"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+        ("chat", {"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ],
 )
 def test_not_supported_yet_is_a_clear_400(
