@@ -83,6 +83,27 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
+# A GGUF header names a model type (transformers' spelling once it has read the file);
+# these are the ones transformers can dequantize and we serve. Mixtral and OLMo 2 GGUFs
+# are not read by transformers.
+GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+}
+
+
+def supported_list() -> str:
+    """What `tritium package` and the engine accept, for error messages."""
+    return "; ".join(f"{name} ({entry.family})" for name, entry in ARCHITECTURES.items())
+
 
 @dataclass(frozen=True)
 class MoEConfig:

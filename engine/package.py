@@ -27,7 +27,8 @@ from typing import Any
 
 from contract.tensors import render_model_config
 from contract.tools import detect_format
-from engine.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from engine.architectures import GGUF_ARCHITECTURES, SUPPORTED_ARCHITECTURES, supported_list
+from engine.config import ModelConfig
 from engine.tokenizer import read_chat_template
 
 WEIGHTS_DIR = "weights"
@@ -48,12 +49,6 @@ TOKENIZER_FILES = (
 )
 
 
-# GGUF `general.architecture` (as transformers' model_type) -> Hugging Face architecture.
-_GGUF_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-}
 
 
 class PackageError(ValueError):
@@ -251,8 +246,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 def _check_architecture(architectures: list[str]) -> None:
     if not architectures or architectures[0] not in SUPPORTED_ARCHITECTURES:
         raise PackageError(
-            f"unsupported architecture {architectures or 'unknown'}; "
-            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            f"unsupported architecture {architectures or 'unknown'}; supported: {supported_list()}"
         )
 
 
@@ -272,8 +266,17 @@ def _convert_gguf(gguf_path: Path, target: Path, progress: bool) -> None:
     except (ValueError, KeyError) as error:
         raise PackageError(f"{gguf_path}: cannot read the GGUF header: {error}") from None
     if not config.architectures:  # GGUF headers name the model type only
-        config.architectures = [_GGUF_ARCHITECTURES.get(config.model_type, config.model_type)]
+        if config.model_type not in GGUF_ARCHITECTURES:
+            raise PackageError(
+                f"{gguf_path}: unsupported GGUF architecture {config.model_type!r}; supported: "
+                f"{', '.join(sorted(GGUF_ARCHITECTURES))} (or a Hugging Face directory of: "
+                f"{supported_list()})"
+            )
+        config.architectures = [GGUF_ARCHITECTURES[config.model_type]]
     _check_architecture(list(config.architectures))
+    head_dim = _gguf_key_length(gguf_path)
+    if head_dim is not None:  # transformers reads it for some model types only (not Qwen3)
+        config.head_dim = head_dim
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file_name, local_files_only=True)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)  # maps GGUF names to HF names
@@ -289,3 +292,16 @@ def _convert_gguf(gguf_path: Path, target: Path, progress: bool) -> None:
     tokenizer.save_pretrained(str(target))
     generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
     (target / "generation_config.json").write_text(json.dumps(generation, indent=1))
+
+
+def _gguf_key_length(gguf_path: Path) -> int | None:
+    """`<arch>.attention.key_length` of a GGUF header (the head size), if it says."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+    architecture = reader.fields.get("general.architecture")
+    if architecture is None:
+        return None
+    name = bytes(architecture.parts[architecture.data[0]]).decode()
+    field = reader.fields.get(f"{name}.attention.key_length")
+    return None if field is None else int(field.parts[field.data[0]][0])
