@@ -181,7 +181,7 @@ class TritonCall:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             self.state = CallState.CLOSED  # deadline, unavailable, ...
-            raise _call_error(item) from None
+            raise call_error(item) from None
         result, error = item
         if error is not None:
             self.state = CallState.ENDED  # an error response is always the final one
@@ -223,7 +223,8 @@ class TritonCall:
         self._stream.cancel()
 
 
-def _call_error(error: BaseException) -> CallError:
+def call_error(error: BaseException) -> CallError:
+    """A gRPC or tritonclient failure as a CallError with its status name."""
     if isinstance(error, grpc.aio.AioRpcError):
         code, message = error.code(), error.details() or ""
     elif isinstance(error, InferenceServerException):

@@ -25,7 +25,7 @@ from adapter.errors import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from adapter.triton_call import CallError, TritonCall
+from adapter.triton_call import CallError, TritonCall, call_error
 from contract.errors import ContractError, ErrorKind, parse_error_message
 from contract.tensors import Capabilities, ModelRequest, ModelResponse
 from contract.tools import FORMATS
@@ -132,7 +132,7 @@ class TritonClient:
             names = [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
             configs = await asyncio.gather(*(self._model_config(name) for name in names))
         except InferenceServerException as error:
-            raise error_from_triton(error.message() or "", "") from None
+            raise error_from_call(call_error(error), "") from None
         return [info for info in configs if info is not None]
 
     async def _model_config(self, name: str) -> ModelInfo | None:

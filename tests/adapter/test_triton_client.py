@@ -468,3 +468,17 @@ def test_chat_template_kwargs_travel_as_a_json_tensor() -> None:
     # What the model decodes from those tensors.
     arrays = {spec.name: array for spec, array in model_request(inputs).to_arrays()}
     assert decode_request(arrays.get).chat_template_kwargs == {"enable_thinking": False}
+
+
+async def test_an_unreachable_triton_when_listing_models_is_a_503() -> None:
+    client = TritonClient("127.0.0.1:1")
+
+    class Down:
+        async def get_model_repository_index(self, as_json: bool) -> dict[str, Any]:
+            raise InferenceServerException(
+                msg="failed to connect to all addresses", status="StatusCode.UNAVAILABLE"
+            )
+
+    client.client = Down()
+    with pytest.raises(ServiceUnavailable, match="Triton is unreachable"):
+        await client.list_models()
