@@ -204,7 +204,9 @@ class _DecodePlan:
     """Sequences with one new token, batched; context padded to the longest, in blocks."""
 
     token_index: torch.Tensor  # [B] int64: flat token of each decode
-    block_index: torch.Tensor  # [B * max_blocks] int64: KV blocks of each sequence, in order
+    # [B * max_blocks] int64: KV blocks of each sequence, in order, from the first its
+    # window sees (the first block without a window)
+    block_index: torch.Tensor
     # [B, 1, 1, max_blocks * block_size] bool: False past a seq_len, or before the window
     visible: torch.Tensor
 
@@ -215,9 +217,10 @@ class _PrefillPlan:
 
     token_start: int  # first flat token of the sequence
     query_len: int
-    seq_len: int  # context length after this step
-    block_index: torch.Tensor  # [ceil(seq_len / block_size)] int64: its KV blocks, in order
-    # [q, L] bool: query i (position p = L - q + i) sees keys <= p (and > p - window)
+    num_keys: int  # keys read: from the first block any of its queries sees to seq_len
+    block_index: torch.Tensor  # [cdiv(num_keys, block_size)] int64: those KV blocks, in order
+    # [q, num_keys] bool: query i (at seq_len - q + i = p) sees the keys (the j-th at
+    # seq_len - num_keys + j) at positions <= p, and > p - window
     causal: torch.Tensor
 
 
@@ -232,28 +235,36 @@ class _AttentionPlan:
         block_size = metadata.block_size
         tables = metadata.block_tables.long()  # [num_seqs, max_blocks]
         token_starts = _cumulative(metadata.query_lens_host)  # host ints: no device sync
-        decodes = [i for i, n in enumerate(metadata.query_lens_host) if n == 1]
+        seq_lens_host, query_lens_host = metadata.seq_lens_host, metadata.query_lens_host
+        # With a window, each sequence's context starts at the block of the first key its
+        # first query sees: blocks before it are neither read nor (maybe) still its own.
+        first_blocks = [
+            0 if window is None else max(seq_len - query_len - window + 1, 0) // block_size
+            for seq_len, query_len in zip(seq_lens_host, query_lens_host, strict=True)
+        ]
+        decodes = [i for i, n in enumerate(query_lens_host) if n == 1]
         decode = None
         if decodes:
             seq_index = torch.tensor(decodes, device=device)
-            num_blocks = -(-max(metadata.seq_lens_host[i] for i in decodes) // block_size)
-            key_positions = torch.arange(num_blocks * block_size, device=device)[None, :]
+            first = torch.tensor([first_blocks[i] for i in decodes], device=device)[:, None]
+            num_blocks = max(-(-seq_lens_host[i] // block_size) - first_blocks[i] for i in decodes)
+            columns = (first + torch.arange(num_blocks, device=device)).clamp(max=tables.shape[1] - 1)
+            key_positions = first * block_size + torch.arange(num_blocks * block_size, device=device)
             seq_lens = metadata.seq_lens[seq_index].unsqueeze(1)  # [B, 1]
             visible = key_positions < seq_lens  # [B, L]
             if window is not None:  # the query sits at seq_len - 1
                 visible &= key_positions >= seq_lens - window
             decode = _DecodePlan(
                 token_index=torch.tensor([token_starts[i] for i in decodes], device=device),
-                block_index=tables[seq_index, :num_blocks].reshape(-1),
+                block_index=tables[seq_index].gather(1, columns).reshape(-1),
                 visible=visible[:, None, None, :],
             )
         prefills = []
-        for seq, (query_len, seq_len) in enumerate(
-            zip(metadata.query_lens_host, metadata.seq_lens_host, strict=True)
-        ):
+        for seq, (query_len, seq_len) in enumerate(zip(query_lens_host, seq_lens_host, strict=True)):
             if query_len > 1:
-                positions = torch.arange(seq_len, device=device)
-                query_positions = positions[seq_len - query_len :]
+                key_start = first_blocks[seq] * block_size
+                positions = torch.arange(key_start, seq_len, device=device)
+                query_positions = torch.arange(seq_len - query_len, seq_len, device=device)
                 causal = positions[None, :] <= query_positions[:, None]  # [q, L]
                 if window is not None:
                     causal &= positions[None, :] > query_positions[:, None] - window
@@ -261,8 +272,8 @@ class _AttentionPlan:
                     _PrefillPlan(
                         token_start=token_starts[seq],
                         query_len=query_len,
-                        seq_len=seq_len,
-                        block_index=tables[seq, : -(-seq_len // block_size)],
+                        num_keys=seq_len - key_start,
+                        block_index=tables[seq, first_blocks[seq] : -(-seq_len // block_size)],
                         causal=causal,
                     )
                 )
@@ -347,8 +358,8 @@ def _prefill_attention(
     query_len, token_end = plan.query_len, plan.token_start + plan.query_len
     num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
     # [1, Hkv, L, D] -> [Hkv, 1, L, D]: broadcast over the group's query heads.
-    keys = _gather_context(key_cache, plan.block_index, 1)[0, :, None, : plan.seq_len]
-    values = _gather_context(value_cache, plan.block_index, 1)[0, :, None, : plan.seq_len]
+    keys = _gather_context(key_cache, plan.block_index, 1)[0, :, None, : plan.num_keys]
+    values = _gather_context(value_cache, plan.block_index, 1)[0, :, None, : plan.num_keys]
     # [q, Hq, D] -> [Hkv, group, q, D]: the group's heads share the KV head.
     grouped = query[plan.token_start : token_end].view(query_len, num_kv_heads, group, head_dim)
     out = _attend(
