@@ -172,8 +172,7 @@ class LLMEngine:
 
     def step(self) -> list[tuple[int, GenerationOutput]]:
         scheduled = self.scheduler.schedule()
-        allowed = self.grammars.allowed_mask([c.seq for c in scheduled.chunks if c.sample])
-        results = self.runner.execute(scheduled.chunks, allowed) if scheduled.chunks else []
+        results = self.runner.execute(scheduled.chunks, self.grammars.allowed_mask)
         self.scheduler.step_done(scheduled)  # the KV is written: cache full blocks
         outputs = self._postprocess(scheduled.chunks, results)
         self.metrics.record_step(self.scheduler, len(scheduled.preempted))

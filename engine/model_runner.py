@@ -1,10 +1,10 @@
 """The model runner: owns the device, the weights and the KV cache; runs one step.
 
-`execute(chunks, allowed)` is the whole contract with the engine: each scheduled chunk
-feeds `seq.token_ids[start : start + num_new_tokens]`, whose KV slots are already
+`execute(chunks, allowed_mask)` is the whole contract with the engine: each scheduled
+chunk feeds `seq.token_ids[start : start + num_new_tokens]`, whose KV slots are already
 allocated in `seq.block_ids`; chunks that reach the end of their sequence get a
-sampled token back, the others `None`. `allowed` (structured output) limits what those
-tokens may be, one bitmask row per sampling chunk.
+sampled token back, the others `None`. `allowed_mask` (structured output) says which
+tokens those may be.
 """
 
 from __future__ import annotations
@@ -102,9 +102,9 @@ class ModelRunner:
     def execute(
         self,
         chunks: SequenceOf[Chunk],
-        # [number of sampling chunks, cdiv(vocab_size, 32)] int32 on the CPU: row i allows
-        # the tokens of the i-th chunk with `sample` (engine.sampler's layout); None = all.
-        allowed: torch.Tensor | None = None,
+        # Called with the sequences that sample, in row order: their [rows, cdiv(vocab_size,
+        # 32)] int32 bitmask on the CPU (engine.sampler's layout), or None = every token.
+        allowed_mask: Callable[[list[Sequence]], torch.Tensor | None] | None = None,
     ) -> list[SampleResult | None]:
         """Run the model on the scheduled chunks; sample where a chunk completes its sequence."""
         if not chunks:
@@ -127,6 +127,8 @@ class ModelRunner:
         if not sampled_seqs:
             return [None] * len(chunks)
         logits = self.model.compute_logits(hidden[metadata.logits_indices])  # [B, vocab]
+        # Filled here, once the forward is launched: on CUDA the CPU's fill overlaps it.
+        allowed = allowed_mask(sampled_seqs) if allowed_mask is not None else None
         if allowed is not None:
             allowed = allowed.to(self.device, non_blocking=True)  # page-locked on CUDA
         results = iter(self.sampler.sample(logits, sampled_seqs, allowed))
