@@ -63,7 +63,7 @@ def test_serve_a_model_directory_in_one_step(default_weights_dir: Path, tmp_path
         assert [m["id"] for m in httpx.get(f"{base}/models").json()["data"]] == ["smol"]
         reply = httpx.post(
             f"{base}/completions",
-            json={"model": "smol", "prompt": "The capital of France is", "max_tokens": 4},
+            json={"model": "smol", "prompt": "The capital of France is", "max_tokens": 4, "ignore_eos": True},
             timeout=60,
         ).json()
         assert reply["usage"]["completion_tokens"] == 4
