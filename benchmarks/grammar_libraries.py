@@ -16,8 +16,8 @@ Per library, with the default model's tokenizer (vocab 49,152), JSON in the engi
         the most; a sequence leaves the batch at its end;
       list / bounded list: a list of 70 small objects (`benchmarks.structured_outputs.
         long_schema`, the step benchmark's), its name strings free or at most 16 long.
-The tokenizer's conversion (once per model) is reported too. llguidance is not a
-dependency of the project: `pip install llguidance==1.9.1` to run its half.
+The tokenizer's conversion (once per model) is reported too. llguidance is only the
+`bench` extra's (the engine does not use it); without it, its row says so.
 """
 
 from __future__ import annotations
