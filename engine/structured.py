@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import xgrammar
 
-from contract.errors import ContractError
+from contract.errors import ContractError, ErrorKind
 from engine.request import Sequence
 
 FIELD = "structured_outputs"
@@ -99,7 +99,12 @@ class GrammarCompiler:
             future = self._cache.get(key)
             hit = future is not None
             if future is None:
-                future = self._pool.submit(self._compile, kind, value)
+                try:
+                    future = self._pool.submit(self._compile, kind, value)
+                except RuntimeError:  # the pool is shut down: so is the engine
+                    raise ContractError(
+                        "the model is shutting down", kind=ErrorKind.UNAVAILABLE
+                    ) from None
                 self._cache[key] = future
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)

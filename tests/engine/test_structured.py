@@ -13,7 +13,7 @@ import pytest
 import torch
 import xgrammar
 
-from contract.errors import ContractError
+from contract.errors import ContractError, ErrorKind
 from contract.tools import FORMATS, structural_tag
 from engine.request import Sequence
 from engine.sampler import unpack_bitmask
@@ -202,3 +202,11 @@ def test_eos_only_at_the_grammars_end_and_min_tokens_never_empties_a_row(
     done.append_token(token_a)
     row = unpack_bitmask(matchers.allowed_mask([done]), VOCAB_SIZE)[0]
     assert row.nonzero()[:, 0].tolist() == [t for t in tokenizer.eos_token_ids if t < VOCAB_SIZE]
+
+
+def test_after_shutdown_a_compile_is_unavailable_not_a_crash(tokenizer: Tokenizer) -> None:
+    compiler = GrammarCompiler(tokenizer.hf, VOCAB_SIZE, tokenizer.eos_token_ids)
+    compiler.shutdown()
+    with pytest.raises(ContractError, match="shutting down") as raised:
+        compiler.compile({"regex": "[a-z]+"})
+    assert raised.value.kind is ErrorKind.UNAVAILABLE
