@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
-from engine.models.layers import KVCache, WeightSlot, empty_parameter
+from engine.models.layers import KVCache, Linear, WeightSlot, empty_parameter
 from engine.ops import Ops
 from engine.rope import build_cos_sin_cache
 
@@ -41,11 +41,8 @@ class CausalLM(nn.Module):
         )
         self.norm_weight = empty_parameter(hidden, dtype=dtype, device=device)
         # Tied: the output projection is the embedding matrix itself (one tensor).
-        self.lm_head_weight = (
-            self.embed_weight
-            if config.tie_word_embeddings
-            else empty_parameter(config.vocab_size, hidden, dtype=dtype, device=device)
-        )
+        tied = self.embed_weight if config.tie_word_embeddings else None
+        self.lm_head = Linear(config.vocab_size, hidden, False, dtype, device, weight=tied)
         # [max_positions, head_dim]: not parameters, never loaded. Gemma 3's sliding
         # layers have a RoPE of their own.
         self.cos_sin_cache = build_cos_sin_cache(config, max_positions, dtype, device)
@@ -86,7 +83,7 @@ class CausalLM(nn.Module):
         self,
         hidden: torch.Tensor,  # [num_sampled, hidden_size], the rows to sample from
     ) -> torch.Tensor:  # [num_sampled, vocab_size] float32
-        logits = F.linear(hidden, self.lm_head_weight).float()
+        logits = self.lm_head(hidden).float()
         cap = self.config.final_softcap
         if cap is not None:  # Gemma 2: cap * tanh(logits / cap)
             logits = torch.tanh(logits / cap) * cap
@@ -103,7 +100,7 @@ class CausalLM(nn.Module):
             ),
         }
         if not config.tie_word_embeddings:
-            mapping["lm_head.weight"] = WeightSlot("lm_head_weight", 0, config.vocab_size)
+            mapping["lm_head.weight"] = WeightSlot("lm_head.weight", 0, config.vocab_size)
         for index, layer in enumerate(self.layers):
             mapping.update(layer.weight_map(f"model.layers.{index}.", f"layers.{index}."))
         return mapping

@@ -20,6 +20,7 @@ from torch import nn
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
 from engine.ops import Ops
+from engine.quantization import QuantizedMatmul
 
 # Per layer: (key_cache, value_cache), each [num_blocks, block_size, num_kv_heads, head_dim].
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -30,7 +31,7 @@ class WeightSlot:
     """Where one checkpoint tensor goes: rows [row_start, row_start + rows) of a parameter
     (of its `expert`-th slice when the parameter stacks experts)."""
 
-    parameter: str  # our parameter name, e.g. "layers.3.attention.qkv_proj_weight"
+    parameter: str  # our parameter name, e.g. "layers.3.attention.qkv_proj.weight"
     row_start: int
     rows: int  # leading-dimension size the checkpoint tensor must have
     expert: int | None = None  # index into a [num_experts, ...] parameter, before the rows
@@ -42,6 +43,39 @@ def empty_parameter(*shape: int, dtype: torch.dtype, device: torch.device) -> nn
     # Uninitialised on purpose: every parameter is overwritten by the loader, which
     # fails if one is missing; random init of a large model would cost seconds.
     return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
+
+
+class Linear(nn.Module):
+    """y = x W^T (+ b): the dense weight (filled by the loader) and, once `quantize` has
+    been called, a weight-only quantized copy that matmuls of up to `max_quantized_rows`
+    rows use (decode steps of few sequences, bound by the bytes of weights they read);
+    bigger ones keep the dense GEMM (engine/quantization.py says why both)."""
+
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        bias: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+        weight: nn.Parameter | None = None,  # a parameter to share (tied embeddings)
+    ) -> None:
+        super().__init__()
+        self.weight = weight if weight is not None else empty_parameter(
+            out_features, in_features, dtype=dtype, device=device
+        )
+        self.bias = empty_parameter(out_features, dtype=dtype, device=device) if bias else None
+        self.quantized: QuantizedMatmul | None = None
+        self.max_quantized_rows = 0
+
+    def quantize(self, matmul: QuantizedMatmul, max_rows: int) -> None:
+        self.quantized, self.max_quantized_rows = matmul, max_rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [rows, in] -> [rows, out]
+        if self.quantized is not None and x.shape[0] <= self.max_quantized_rows:
+            out = self.quantized(x)
+            return out if self.bias is None else out + self.bias
+        return F.linear(x, self.weight, self.bias)
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -84,11 +118,8 @@ class Attention(nn.Module):
         self.qk_norm = qk_norm
         q_size, kv_size = config.num_heads * head_dim, config.num_kv_heads * head_dim
         qkv_rows = q_size + 2 * kv_size
-        self.qkv_proj_weight = empty_parameter(qkv_rows, hidden, dtype=dtype, device=device)
-        self.qkv_proj_bias = (
-            empty_parameter(qkv_rows, dtype=dtype, device=device) if config.attention_bias else None
-        )
-        self.o_proj_weight = empty_parameter(hidden, q_size, dtype=dtype, device=device)
+        self.qkv_proj = Linear(qkv_rows, hidden, config.attention_bias, dtype, device)
+        self.o_proj = Linear(hidden, q_size, False, dtype, device)
         if qk_norm is not None:
             per_head = qk_norm == "head"
             self.q_norm_weight = empty_parameter(
@@ -107,7 +138,7 @@ class Attention(nn.Module):
         ops: Ops,
     ) -> torch.Tensor:  # [num_tokens, hidden_size]
         num_tokens = hidden.shape[0]
-        qkv = F.linear(hidden, self.qkv_proj_weight, self.qkv_proj_bias)
+        qkv = self.qkv_proj(hidden)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
         if self.qk_norm == "projection":
@@ -140,7 +171,7 @@ class Attention(nn.Module):
             window=self.window,
             softcap=self.softcap,
         )
-        return F.linear(attended.reshape(num_tokens, q_size), self.o_proj_weight)
+        return self.o_proj(attended.reshape(num_tokens, q_size))
 
     def _norm_heads(self, x: torch.Tensor, weight: torch.Tensor, ops: Ops) -> torch.Tensor:
         # x: [num_tokens, heads, head_dim]; one RMSNorm row per (token, head).
@@ -154,7 +185,7 @@ class Attention(nn.Module):
         under `ours`. q, k, v stack in that order; `fused_qkv`: the checkpoint has them
         stacked already (Phi-3's `qkv_proj`)."""
         q_rows, kv_rows = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        qkv = f"{ours}qkv_proj_"
+        qkv = f"{ours}qkv_proj."
         if fused_qkv:
             slots = {"qkv_proj": (0, q_rows + 2 * kv_rows)}
         else:
@@ -166,10 +197,10 @@ class Attention(nn.Module):
         mapping = {}
         for name, (start, rows) in slots.items():
             mapping[f"{hf}{name}.weight"] = WeightSlot(f"{qkv}weight", start, rows)
-            if self.qkv_proj_bias is not None:
+            if self.qkv_proj.bias is not None:
                 mapping[f"{hf}{name}.bias"] = WeightSlot(f"{qkv}bias", start, rows)
         mapping[f"{hf}o_proj.weight"] = WeightSlot(
-            f"{ours}o_proj_weight", 0, self.o_proj_weight.shape[0]
+            f"{ours}o_proj.weight", 0, self.o_proj.weight.shape[0]
         )
         if self.qk_norm is not None:
             for name in ("q_norm", "k_norm"):
@@ -194,21 +225,17 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.intermediate_size = intermediate_size
         self.act = activation(act)
-        self.gate_up_proj_weight = empty_parameter(
-            2 * intermediate_size, hidden_size, dtype=dtype, device=device
-        )
-        self.down_proj_weight = empty_parameter(
-            hidden_size, intermediate_size, dtype=dtype, device=device
-        )
+        self.gate_up_proj = Linear(2 * intermediate_size, hidden_size, False, dtype, device)
+        self.down_proj = Linear(hidden_size, intermediate_size, False, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [num_tokens, hidden_size]
-        gate, up = F.linear(x, self.gate_up_proj_weight).chunk(2, dim=-1)
-        return F.linear(self.act(gate) * up, self.down_proj_weight)
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
 
     def weight_map(self, hf: str, ours: str, fused: bool = False) -> dict[str, WeightSlot]:
         """`fused`: the checkpoint stacks gate and up already (Phi-3's `gate_up_proj`)."""
-        size, hidden = self.intermediate_size, self.down_proj_weight.shape[0]
-        gate_up = f"{ours}gate_up_proj_weight"
+        size, hidden = self.intermediate_size, self.down_proj.weight.shape[0]
+        gate_up = f"{ours}gate_up_proj.weight"
         if fused:
             mapping = {f"{hf}gate_up_proj.weight": WeightSlot(gate_up, 0, 2 * size)}
         else:
@@ -216,5 +243,5 @@ class GatedMLP(nn.Module):
                 f"{hf}gate_proj.weight": WeightSlot(gate_up, 0, size),
                 f"{hf}up_proj.weight": WeightSlot(gate_up, size, size),
             }
-        mapping[f"{hf}down_proj.weight"] = WeightSlot(f"{ours}down_proj_weight", 0, hidden)
+        mapping[f"{hf}down_proj.weight"] = WeightSlot(f"{ours}down_proj.weight", 0, hidden)
         return mapping
