@@ -27,7 +27,7 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
 TYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-              torch.int32: "i32", torch.int64: "i64"}  # fmt: skip
+              torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.int8: "i8"}  # fmt: skip
 SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 Recorded = tuple[JITFunction, tuple[Any, ...], dict[str, Any]]
 
@@ -41,6 +41,7 @@ def record_launches(full: bool) -> list[Recorded]:
     JITFunction.run = record  # type: ignore[method-assign]
     from kernels.attention import paged_attention, write_kv_cache
     from kernels.penalties import apply_logit_bias, apply_penalties
+    from kernels.quant_matmul import quant_matmul
     from kernels.rmsnorm import rms_norm
     from kernels.rope import rope, rope_and_write_kv
     from kernels.sampling import sample
@@ -74,6 +75,23 @@ def record_launches(full: bool) -> list[Recorded]:
     logits = torch.zeros(2, 49152)
     apply_penalties(logits, logits.int(), torch.zeros(2, 1536, dtype=torch.int32), rows, rows, rows)
     apply_logit_bias(logits, torch.zeros(2, 3, dtype=torch.int32), torch.zeros(2, 3))
+    # Weight-only quantized matmul: decode (M 1, 32) and prefill (M 300) tiles; int4 with
+    # one group per K step (32, 128) and with steps straddling groups (48); int8 Q8_0 and
+    # per-channel; scales in fp32 and in the activation dtype.
+    quant_dtypes = (torch.bfloat16, torch.float16, torch.float32) if full else (torch.bfloat16,)
+    for dtype in quant_dtypes:
+        for bits, group_size, param_dtype in ((4, 32, torch.float32), (4, 128, dtype), (4, 48, dtype),
+                                              (8, 32, dtype), (8, 768, torch.float32)):  # fmt: skip
+            in_features = 768
+            groups = in_features // group_size
+            # N 512 at M 1 takes BLOCK_N 64; N 64 at M 32 takes BLOCK_N 16 (the recorder's 4 "SMs").
+            for num_rows, num_cols in ((1, 512), (32, 64), (300, 64)):
+                qweight = torch.zeros(num_cols, in_features // 2 if bits == 4 else in_features,
+                                      dtype=torch.uint8 if bits == 4 else torch.int8)  # fmt: skip
+                scales = torch.zeros(num_cols, groups, dtype=param_dtype)
+                zeros = scales if bits == 4 else None
+                quant_matmul(torch.zeros(num_rows, in_features, dtype=dtype), qweight, scales, zeros,
+                             bits, group_size)  # fmt: skip
     return records
 
 

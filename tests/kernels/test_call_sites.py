@@ -50,7 +50,7 @@ def _imported_from_kernels(path: Path) -> set[str]:
 
 def test_kernel_launches_and_jit_calls_are_keyword_only() -> None:
     jit_functions = _jit_functions()
-    assert {"sample_kernel", "attend_tile", "copy_heads"} <= jit_functions
+    assert {"sample_kernel", "attend_tile", "copy_heads", "quant_matmul_kernel", "dot_dequantized"} <= jit_functions
     positional = [site for path in KERNEL_FILES for site in _positional_calls(path, jit_functions)]
     assert positional == []
 

@@ -24,3 +24,4 @@ def test_kernels_compile_for_hopper() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sample_kernel" in result.stdout and "prefill_attention_kernel" in result.stdout
+    assert "quant_matmul_kernel" in result.stdout
