@@ -1,6 +1,6 @@
 """Kernel microbenchmarks on one CUDA GPU, against the card's measured ceilings.
 
-    .venv/bin/python benchmarks/kernels/bench_kernels.py [--only decode,prefill,sampling]
+    .venv/bin/python benchmarks/kernels/bench_kernels.py [--only decode,prefill,sampling,quant_matmul]
                      [--out benchmarks/results] [--quick]
 
 - copy: device-to-device copy of 1 GiB, (read + write bytes) / time: the bandwidth bar.
@@ -12,6 +12,12 @@
 - sampling: fused sampler vs the sort-based torch path (`kernels.sampling.sample_ref`)
   at vocab 49,152 and 128,256, batch 1-256, T 0.8 + top-k 50 + top-p 0.9. Bar: >= 3x
   at batch 256.
+- quant_matmul: weight-only int4 / int8 GEMM (group 32, bf16 scales and zeros, bf16
+  activations) at the linear layers of Qwen2.5-0.5B, Llama-3.2-3B and Llama-3-8B
+  (qkv, o, gate_up, down) for M = 1, 8, 32 tokens; GB/s = bytes read (quantized weight +
+  scales + zeros + x) and written (out) / time, against torch's bf16 matmul of the
+  dequantized weight. Bar at M = 1: >= 2x the bf16 matmul's speed for int4, >= 1.3x
+  for int8 (they read ~3.5x and ~1.9x fewer bytes).
 Timings are triton.testing.do_bench medians (ms). Prints a Markdown table per part and
 writes them, with the GPU name, to <out>/kernels-<gpu>.md and .json.
 """
@@ -29,6 +35,7 @@ import torch
 import triton
 
 from kernels.attention import paged_attention
+from kernels.quant_matmul import dequantize_ref, pack_int4, quant_matmul
 from kernels.sampling import sample, sample_ref
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
@@ -122,6 +129,53 @@ def bench_sampling(quick: bool) -> list[dict[str, object]]:
     return rows
 
 
+# (model, hidden, intermediate, q + k + v width): the shapes of each decoder layer's linears.
+QUANT_MODELS = [("qwen2.5-0.5b", 896, 4864, 1152), ("llama-3.2-3b", 3072, 8192, 5120),
+                ("llama-3-8b", 4096, 14336, 6144)]  # fmt: skip
+QUANT_GROUP_SIZE = 32
+
+
+def quantized_weight(bits: int, num_cols: int, in_features: int) -> dict[str, object]:
+    groups = in_features // QUANT_GROUP_SIZE
+    scales = torch.rand(num_cols, groups, device="cuda", dtype=DTYPE) / in_features
+    if bits == 4:
+        q = torch.randint(0, 16, (num_cols, in_features), dtype=torch.uint8, device="cuda")
+        return dict(qweight=pack_int4(q), scales=scales, zeros=-8 * scales, bits=4,
+                    group_size=QUANT_GROUP_SIZE)  # fmt: skip
+    q = torch.randint(-128, 128, (num_cols, in_features), dtype=torch.int8, device="cuda")
+    return dict(qweight=q, scales=scales, zeros=None, bits=8, group_size=QUANT_GROUP_SIZE)
+
+
+def bench_quant_matmul(copy_gbs: float, quick: bool) -> list[dict[str, object]]:
+    rows = []
+    models = QUANT_MODELS[::2] if quick else QUANT_MODELS
+    for model, hidden, intermediate, qkv in models:
+        layers = [("qkv", qkv, hidden), ("o", hidden, hidden), ("gate_up", 2 * intermediate, hidden),
+                  ("down", hidden, intermediate)]  # fmt: skip
+        for layer, num_cols, in_features in layers[2:] if quick else layers:
+            for bits in (4, 8):
+                weight = quantized_weight(bits, num_cols, in_features)
+                dense = dequantize_ref(**weight).to(DTYPE)  # [N, K] bf16
+                param_bytes = sum(t.numel() * t.element_size() for t in
+                                  (weight["qweight"], weight["scales"], weight["zeros"]) if t is not None)  # fmt: skip
+                for num_rows in (1, 8, 32):
+                    x = torch.randn(num_rows, in_features, device="cuda", dtype=DTYPE)
+                    ours = bench(lambda x=x, weight=weight: quant_matmul(x=x, **weight))
+                    torch_ms = bench(lambda x=x, dense=dense: x @ dense.T)
+                    io_bytes = (num_rows * in_features + num_rows * num_cols) * DTYPE.itemsize
+                    gbs = (param_bytes + io_bytes) / (ours * 1e-3) / 1e9
+                    speedup = torch_ms / ours
+                    bar = "-"
+                    if num_rows == 1:
+                        bar = "pass" if speedup >= (2.0 if bits == 4 else 1.3) else "FAIL"
+                    rows.append(dict(model=model, layer=layer, n=num_cols, k=in_features, bits=bits,
+                                     m=num_rows, ms=round(ours, 4), gbs=round(gbs, 1),
+                                     of_copy=f"{gbs / copy_gbs:.0%}", bf16_ms=round(torch_ms, 4),
+                                     speedup=round(speedup, 2), bar=bar))  # fmt: skip
+                del weight, dense
+    return rows
+
+
 def markdown(title: str, rows: list[dict[str, object]]) -> str:
     header = list(rows[0])
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -131,7 +185,7 @@ def markdown(title: str, rows: list[dict[str, object]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Tritium kernel microbenchmarks")
-    parser.add_argument("--only", default="decode,prefill,sampling")
+    parser.add_argument("--only", default="decode,prefill,sampling,quant_matmul")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="a few sizes per part")
     arguments = parser.parse_args()
@@ -145,7 +199,8 @@ def main() -> int:
     results: dict[str, object] = {"gpu": gpu, "copy_gbs": copy_gbs}
     for name, run in (("decode", lambda: bench_decode(copy_gbs, arguments.quick)),
                       ("prefill", lambda: bench_prefill(arguments.quick)),
-                      ("sampling", lambda: bench_sampling(arguments.quick))):  # fmt: skip
+                      ("sampling", lambda: bench_sampling(arguments.quick)),
+                      ("quant_matmul", lambda: bench_quant_matmul(copy_gbs, arguments.quick))):  # fmt: skip
         if name in parts:
             results[name] = rows = run()
             report.append(markdown(name, rows))
