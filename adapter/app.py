@@ -26,7 +26,7 @@ from adapter.errors import install_error_handlers
 from adapter.metrics import AdapterMetrics
 from adapter.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from adapter.playground import mount_playground
-from adapter.routes import chat, completions, health, models
+from adapter.routes import chat, completions, health, models, tokenize
 from adapter.routes import metrics as metrics_route
 
 TritonFactory = Callable[[AdapterConfig], TritonBackend]
@@ -90,6 +90,7 @@ def create_app(
     app.include_router(chat.router, dependencies=authenticated)
     app.include_router(completions.router, dependencies=authenticated)
     app.include_router(models.router, dependencies=authenticated)
+    app.include_router(tokenize.router, dependencies=authenticated)
     mount_playground(app)  # the web page at /: static, no key (it asks for one on a 401)
 
     # Added innermost first: CORS ends up outermost, so even errors carry its headers.

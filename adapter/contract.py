@@ -36,6 +36,14 @@ class GenerateInputs:
     # The model prepends the prompt's text to each choice (exclude_input_in_output=false):
     # echo of a token-id prompt, whose text only the model's tokenizer knows.
     include_input: bool = False
+    # contract.tensors.Operation: "generate", or "tokenize" / "detokenize", which the model
+    # answers at once with one final response (/tokenize, /detokenize).
+    operation: str = "generate"
+    # Prompt rendering, as the contract's inputs of the same names (None: the model's default).
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    return_token_strs: bool = False  # tokenize: each token's vocabulary entry too
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class ModelInfo:
     supports_chat: bool = True  # the model has a `messages` input
     supports_completions: bool = True  # the model has a `text_input` input
     supports_token_ids: bool = True  # the model has an `input_ids` input
+    supports_tokenize: bool = True  # the model has an `operation` input (tokenize, detokenize)
     # How the model writes tool calls (config parameter `tool_call_format`, one of
     # contract.tools.FORMATS); None: the model does not say, so it takes no tools.
     tool_call_format: str | None = None

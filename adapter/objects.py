@@ -1,7 +1,8 @@
 """Response objects of the OpenAI API, shaped field for field like OpenAI's.
 
 Chat: `chat.completion` and `chat.completion.chunk`; completions: `text_completion`
-(the same object name for chunks, as OpenAI does); models: `list` of `model`.
+(the same object name for chunks, as OpenAI does); models: `list` of `model`;
+vLLM's /tokenize and /detokenize answers.
 """
 
 from __future__ import annotations
@@ -189,3 +190,18 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    """vLLM's answer to POST /tokenize."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    """vLLM's answer to POST /detokenize."""
+
+    prompt: str

@@ -1,4 +1,5 @@
-"""Request bodies of the OpenAI API (chat and completions), as pydantic models.
+"""Request bodies of the OpenAI API (chat and completions) and of vLLM's /tokenize and
+/detokenize, as pydantic models.
 
 Every model forbids unknown fields: a typo or a field we do not know is a 400 that
 names it, never silently dropped. OpenAI fields we know but do not implement are
@@ -9,7 +10,7 @@ two in step. Response objects are in `adapter.objects`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
@@ -372,3 +373,77 @@ class CompletionRequest(SamplingRequest):
             if isinstance(item, list) and any(token_id < 0 for token_id in item):
                 raise InvalidRequest("token ids must be >= 0", param="prompt")
         return prompts
+
+
+class TokenizeRequest(StrictModel):
+    """POST /tokenize (vLLM's): a raw prompt or chat messages, exactly one of them."""
+
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    # Default: true for a prompt, false for messages (the chat template writes them), as vLLM.
+    add_special_tokens: bool | None = None
+    return_token_strs: bool | None = False
+    # With messages only.
+    add_generation_prompt: bool | None = None  # default true, false with continue_final_message
+    continue_final_message: bool | None = None
+    tools: list[Tool] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's, not supported: the model's own template only, text only.
+    chat_template: str | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
+
+    _CHAT_ONLY = (
+        "add_generation_prompt",
+        "continue_final_message",
+        "tools",
+        "chat_template_kwargs",
+    )
+
+    def check_supported(self) -> None:
+        if self.prompt is None and self.messages is None:
+            raise InvalidRequest(
+                "Either 'prompt' (a string) or 'messages' (a chat) is required",
+                param="prompt",
+                code="missing",
+            )
+        if self.prompt is not None and self.messages is not None:
+            raise InvalidRequest("Give 'prompt' or 'messages', not both", param="messages")
+        if self.chat_template is not None:
+            raise NotSupported(
+                "chat_template", "a chat template in the request (the model's own is used)"
+            )
+        if self.mm_processor_kwargs is not None:
+            raise NotSupported("mm_processor_kwargs", "'mm_processor_kwargs' (text models only)")
+        if self.prompt is not None:
+            for name in self._CHAT_ONLY:
+                if getattr(self, name) is not None:
+                    raise InvalidRequest(f"'{name}' goes with 'messages', not 'prompt'", param=name)
+        if self.continue_final_message and self.add_generation_prompt:
+            raise InvalidRequest(
+                "Cannot set both 'continue_final_message' and 'add_generation_prompt' to true",
+                param="continue_final_message",
+            )
+        if self.tools is not None:
+            names = [tool.function.name for tool in self.tools]
+            if len(set(names)) != len(names):
+                raise InvalidRequest("tools must have different names", param="tools")
+
+    @property
+    def generation_prompt(self) -> bool | None:
+        """add_generation_prompt as sent to the model: off when the last message goes on."""
+        if self.add_generation_prompt is None and self.continue_final_message:
+            return False
+        return self.add_generation_prompt
+
+    def messages_for_model(self) -> list[dict[str, Any]] | None:
+        if self.messages is None:
+            return None
+        return [message.for_model(position) for position, message in enumerate(self.messages)]
+
+
+class DetokenizeRequest(StrictModel):
+    """POST /detokenize (vLLM's): token ids back to text."""
+
+    model: str = Field(min_length=1)
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)

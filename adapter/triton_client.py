@@ -27,7 +27,7 @@ from adapter.errors import (
 )
 from adapter.triton_call import CallError, TritonCall, call_error
 from contract.errors import ContractError, ErrorKind, parse_error_message
-from contract.tensors import Capabilities, ModelRequest, ModelResponse
+from contract.tensors import Capabilities, ModelRequest, ModelResponse, Operation
 from contract.tools import FORMATS
 
 logger = logging.getLogger("adapter")
@@ -71,6 +71,20 @@ def error_from_call(error: CallError, model: str) -> APIError:
 
 def model_request(inputs: GenerateInputs) -> ModelRequest:
     """The contract request for a route's inputs."""
+    if inputs.operation != Operation.GENERATE:
+        # Answered at once, nothing generated: no sampling, no streaming, no counts asked.
+        return ModelRequest(
+            text_input=inputs.text_input,
+            messages=inputs.messages,
+            tools=inputs.tools,
+            chat_template_kwargs=inputs.chat_template_kwargs,
+            input_ids=inputs.input_ids,
+            operation=inputs.operation,
+            add_special_tokens=inputs.add_special_tokens,
+            add_generation_prompt=inputs.add_generation_prompt,
+            continue_final_message=inputs.continue_final_message,
+            return_token_strs=True if inputs.return_token_strs else None,
+        )
     return ModelRequest(
         text_input=inputs.text_input,
         messages=inputs.messages,
@@ -153,6 +167,7 @@ class TritonClient:
             supports_chat=capabilities.chat,
             supports_completions=capabilities.completions,
             supports_token_ids=capabilities.token_ids,
+            supports_tokenize=capabilities.tokenize,
             tool_call_format=tool_call_format if tool_call_format in FORMATS else None,
         )
 

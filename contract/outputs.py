@@ -1,4 +1,4 @@
-"""What a model's response says about each choice.
+"""What a model's response says about each choice, or about a tokenized prompt.
 
 One response holds the k >= 1 choices that advanced since the previous response, each
 at most once; `ChoiceDelta` is one of them. The engine builds these, the shim and the
@@ -91,3 +91,12 @@ class ChoiceDelta:
     num_output_tokens: int | None
     finish_reason: str | None = None  # a FinishReason value once finished; None while running
     logprobs: TokenLogprobs | None = None  # when logprobs were asked for
+
+
+@dataclass
+class Tokenization:
+    """The answer to a `tokenize` request (`contract.tensors.Operation`)."""
+
+    token_ids: list[int]  # the prompt as a generation of the same inputs would see it
+    token_strs: list[str] | None  # each id's entry in the vocabulary, when asked for
+    max_model_len: int  # the model's context length (prompt + output tokens)

@@ -2,7 +2,9 @@
 
 `ContractModel` is a decoupled Triton Python-backend model that decodes each request
 (`contract.tensors`), answers a bad one with its contract error, handles in-band cancel
-requests, and hands every other request to `submit`, which the model implements.
+requests, answers `tokenize` and `detokenize` requests at once with what its `tokenize`
+and `detokenize` return (by default a refusal naming `operation`: a model without a
+tokenizer), and hands every other request to `submit`, which the model implements.
 
 `triton_python_backend_utils` exists only inside Triton's Python backend, so it is imported
 when a model is initialized, not when this module is.
@@ -19,8 +21,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from contract.errors import ContractError, ErrorKind
-from contract.outputs import ChoiceDelta
-from contract.tensors import ModelRequest, decode_request, encode_response
+from contract.outputs import ChoiceDelta, Tokenization
+from contract.tensors import (
+    ModelRequest,
+    Operation,
+    decode_request,
+    encode_response,
+    encode_text,
+    encode_tokenization,
+)
 
 
 class Cancellable(Protocol):
@@ -42,6 +51,15 @@ class ResponseSender:
         tensors = [pb.Tensor(name, array) for name, array in arrays]
         flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
         self.sender.send(pb.InferenceResponse(output_tensors=tensors), flags=flags)
+
+    def send_final(self, arrays: list[tuple[str, np.ndarray]]) -> None:
+        """The one response of a request answered at once (tokenize, detokenize)."""
+        pb = self.pb_utils
+        tensors = [pb.Tensor(name, array) for name, array in arrays]
+        self.sender.send(
+            pb.InferenceResponse(output_tensors=tensors),
+            flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
 
     def send_error(self, error: ContractError) -> None:
         """An error response, which is the request's final one."""
@@ -90,6 +108,27 @@ class ContractModel:
         """Start a request; raise ContractError to refuse it. Returns what a cancel stops."""
         raise NotImplementedError
 
+    def tokenize(self, request: ModelRequest) -> Tokenization:
+        """The prompt of a `tokenize` request as token ids, as `submit` would see it;
+        raise ContractError to refuse it. Runs on Triton's thread: schedule nothing."""
+        raise ContractError("this model has no tokenizer: it cannot tokenize", "operation")
+
+    def detokenize(self, request: ModelRequest) -> str:
+        """The text of a `detokenize` request's `input_ids`; raise ContractError to refuse."""
+        raise ContractError("this model has no tokenizer: it cannot detokenize", "operation")
+
+    def _answer(self, inputs: ModelRequest, responses: ResponseSender) -> None:
+        """A tokenize or detokenize request: one final response, now."""
+        try:
+            if inputs.operation == Operation.TOKENIZE:
+                arrays = encode_tokenization(inputs, self.tokenize(inputs))
+            else:
+                arrays = encode_text(self.detokenize(inputs), len(inputs.input_ids or []))
+        except ContractError as error:
+            responses.send_error(error)
+            return
+        responses.send_final(arrays)
+
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
             sender = request.get_response_sender()
@@ -102,6 +141,9 @@ class ContractModel:
             if inputs.cancel:
                 self._cancel(inputs.cancellation_key or "")
                 responses.close()
+                continue
+            if inputs.operation != Operation.GENERATE:
+                self._answer(inputs, responses)
                 continue
             try:
                 started = self.submit(inputs, responses)

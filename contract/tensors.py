@@ -11,15 +11,21 @@ and `input_ids` carries the prompt, except in a cancel request (`cancel` true an
 `cancellation_key` of the request to stop, nothing else), which the model answers with a
 flag-only final response.
 
+`operation` says what the model does with the prompt (`Operation`): generate (the
+default), or answer at once with one final response and nothing scheduled: `tokenize`
+(the prompt's token ids, `prompt_token_ids`, exactly as a generation of the same inputs
+would see them) or `detokenize` (`input_ids` as text, one `text_output`).
+
 Who uses what here:
 - `render_model_config`: `tritium package` and the null model's repository;
 - `ModelRequest.to_arrays` / `decode_response`: the adapter and the benchmark client;
-- `decode_request` / `encode_response`: `contract.python_backend`, the base of the model
-  shim and the null model.
+- `decode_request` / `encode_response` / `encode_tokenization` / `encode_text`:
+  `contract.python_backend`, the base of the model shim and the null model.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from contract.errors import ContractError
-from contract.outputs import ChoiceDelta, TokenLogprobs
+from contract.outputs import ChoiceDelta, Tokenization, TokenLogprobs
 from contract.sampling import parse_sampling_parameters
 
 
@@ -53,6 +59,14 @@ class TensorSpec:
 
 
 _NUMPY_TYPES = {"BOOL": np.bool_, "INT32": np.int32, "INT64": np.int64}
+
+
+class Operation(str, enum.Enum):
+    """What a request asks of the model (the `operation` input)."""
+
+    GENERATE = "generate"  # responses with the choices' text, as the engine steps
+    TOKENIZE = "tokenize"  # the prompt's token ids, at once; nothing generated
+    DETOKENIZE = "detokenize"  # `input_ids` as text, at once; nothing generated
 
 
 def _input(datatype: str, dims: tuple[int, ...], doc: str, default: Any = None) -> Any:
@@ -99,6 +113,21 @@ class ModelRequest:
     cancel: bool | None = _input(
         "BOOL", (1,), "true: stop the request sent with this `cancellation_key` (in-band cancellation)", False
     )  # fmt: skip
+    operation: str | None = _input(
+        "BYTES", (1,), "`generate`; `tokenize`: answer the prompt's token ids (`text_input` or `messages`) as a generation would see them, nothing generated; `detokenize`: answer `input_ids` as one `text_output`, special tokens kept", Operation.GENERATE.value
+    )  # fmt: skip
+    add_special_tokens: bool | None = _input(
+        "BOOL", (1,), "add the tokenizer's special tokens (e.g. BOS) to the prompt; absent: true for `text_input`, false for `messages` (the chat template writes them)"
+    )  # fmt: skip
+    add_generation_prompt: bool | None = _input(
+        "BOOL", (1,), "with `messages`: end the prompt with the template's opening of an assistant turn", True
+    )  # fmt: skip
+    continue_final_message: bool | None = _input(
+        "BOOL", (1,), "with `messages`: leave the last message open for the model to continue (needs add_generation_prompt false)", False
+    )  # fmt: skip
+    return_token_strs: bool | None = _input(
+        "BOOL", (1,), "with `tokenize`: send `token_strs`", False
+    )  # fmt: skip
 
     def to_arrays(self) -> list[tuple[TensorSpec, np.ndarray]]:
         """The tensors a client sends: every field that is set."""
@@ -109,6 +138,8 @@ class ModelRequest:
                 continue
             if spec.name in _JSON_INPUTS:
                 value = json.dumps(value, ensure_ascii=False)
+            elif isinstance(value, enum.Enum):
+                value = value.value
             arrays.append((spec, spec.array(value if spec.dims == (-1,) else [value])))
         return arrays
 
@@ -133,6 +164,9 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("num_input_tokens", "INT32", (1,), "prompt tokens after the chat template (INT64 accepted)"),
     TensorSpec("num_output_tokens", "INT32", (-1,), "tokens generated so far by each choice, cumulative (INT64 accepted)"),
     TensorSpec("logprobs", "BYTES", (-1,), '`""` unless return_logprobs; else JSON for the tokens of this delta: `{"token_ids", "tokens", "logprobs", "top_logprobs"}`'),
+    TensorSpec("prompt_token_ids", "INT64", (-1,), "`tokenize` only: the prompt's token ids (`num_input_tokens` of them)"),
+    TensorSpec("token_strs", "BYTES", (-1,), "`tokenize` with return_token_strs: each token's entry in the vocabulary (e.g. `Ġworld`)"),
+    TensorSpec("max_model_len", "INT32", (1,), "`tokenize` only: the model's context length, prompt + output tokens (INT64 accepted)"),
 )  # fmt: skip
 OUTPUTS_BY_NAME = {spec.name: spec for spec in OUTPUTS}
 
@@ -145,6 +179,9 @@ class Capabilities:
     completions: bool  # has `text_input`
     token_ids: bool  # has `input_ids`
     cancel_in_band: bool  # has `cancel` and `cancellation_key`
+    # Has `operation` (tokenize and detokenize requests); a model may still refuse them
+    # by name (the null model has no tokenizer).
+    tokenize: bool = False
 
     @classmethod
     def of(cls, input_names: set[str]) -> Capabilities | None:
@@ -156,6 +193,7 @@ class Capabilities:
             completions="text_input" in input_names,
             token_ids="input_ids" in input_names,
             cancel_in_band={"cancel", "cancellation_key"} <= input_names,
+            tokenize="operation" in input_names,
         )
 
 
@@ -200,7 +238,28 @@ def decode_request(read: Callable[[str], np.ndarray | None]) -> ModelRequest:
             raise ContractError("a cancel request names the request to stop", "cancellation_key")
     elif sum(values[name] is not None for name in PROMPT_INPUTS) != 1:
         raise ContractError(f"exactly one of the inputs {', '.join(PROMPT_INPUTS)} is required")
+    _check_operation(request)
     return request
+
+
+def _check_operation(request: ModelRequest) -> None:
+    known = [operation.value for operation in Operation]
+    if request.operation not in known:
+        raise ContractError(
+            f"must be one of {', '.join(known)}; got {request.operation!r}", "operation"
+        )
+    if request.cancel:
+        return
+    if request.operation == Operation.TOKENIZE and request.input_ids is not None:
+        raise ContractError("tokenize takes text_input or messages", "operation")
+    if request.operation == Operation.DETOKENIZE and request.input_ids is None:
+        raise ContractError("detokenize takes input_ids", "operation")
+    if request.continue_final_message and request.add_generation_prompt:
+        raise ContractError(
+            "the last message is continued or a generation prompt is added, not both:"
+            " send add_generation_prompt false",
+            "continue_final_message",
+        )
 
 
 def _check_tools(tools: Any, has_messages: bool) -> None:
@@ -261,6 +320,31 @@ def encode_response(
     return arrays
 
 
+def encode_tokenization(
+    request: ModelRequest, result: Tokenization
+) -> list[tuple[str, np.ndarray]]:
+    """The response to a `tokenize` request (token strings only when it asks for them)."""
+    out = OUTPUTS_BY_NAME
+    arrays = [
+        ("num_input_tokens", out["num_input_tokens"].array([len(result.token_ids)])),
+        ("prompt_token_ids", out["prompt_token_ids"].array(result.token_ids)),
+        ("max_model_len", out["max_model_len"].array([result.max_model_len])),
+    ]
+    if request.return_token_strs and result.token_strs is not None:
+        arrays.append(("token_strs", out["token_strs"].array(result.token_strs)))
+    return arrays
+
+
+def encode_text(text: str, num_input_tokens: int) -> list[tuple[str, np.ndarray]]:
+    """The response to a `detokenize` request: the text as choice 0."""
+    out = OUTPUTS_BY_NAME
+    return [
+        ("text_output", out["text_output"].array([text])),
+        ("index", out["index"].array([0])),
+        ("num_input_tokens", out["num_input_tokens"].array([num_input_tokens])),
+    ]
+
+
 # -- the client's side --------------------------------------------------------------------
 
 
@@ -269,6 +353,8 @@ class ModelResponse:
     choices: list[ChoiceDelta]
     num_input_tokens: int | None  # None when the model did not send it
     final: bool  # triton_final_response
+    # The answer to a `tokenize` request; None in any other response.
+    tokenization: Tokenization | None = None
 
 
 def decode_response(raw: Mapping[str, tuple[str, bytes]], final: bool) -> ModelResponse:
@@ -298,7 +384,24 @@ def decode_response(raw: Mapping[str, tuple[str, bytes]], final: bool) -> ModelR
             raise ContractError(f"contract violation: {error}") from None
         choices.append(ChoiceDelta(indexes[i], texts[i], counts[i], reasons[i] or None, parsed))
     input_counts = _integers(raw.get("num_input_tokens"))
-    return ModelResponse(choices, input_counts[0] if input_counts else None, final)
+    return ModelResponse(
+        choices, input_counts[0] if input_counts else None, final, _tokenization(raw)
+    )
+
+
+def _tokenization(raw: Mapping[str, tuple[str, bytes]]) -> Tokenization | None:
+    if "prompt_token_ids" not in raw:
+        return None
+    token_ids = _integers(raw["prompt_token_ids"])
+    lengths = _integers(raw.get("max_model_len"))
+    if len(lengths) != 1:
+        raise ContractError("contract violation: a tokenize response has one max_model_len")
+    token_strs = _strings(raw["token_strs"]) if "token_strs" in raw else None
+    if token_strs is not None and len(token_strs) != len(token_ids):
+        raise ContractError(
+            f"contract violation: {len(token_strs)} token_strs for {len(token_ids)} token ids"
+        )
+    return Tokenization(token_ids, token_strs, lengths[0])
 
 
 _INTEGER_FORMATS = {

@@ -22,6 +22,11 @@ class GenerationRequest:
     tools: list[dict] | None = None  # OpenAI function tools, for the chat template
     chat_template_kwargs: dict | None = None  # extra chat template variables (enable_thinking)
     prompt_token_ids: list[int] | None = None  # a prompt already tokenized (input_ids)
+    # The tokenizer's special tokens (BOS) added to the prompt; None: yes for a raw
+    # prompt, no for messages (the chat template writes them).
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True  # messages: open an assistant turn at the end
+    continue_final_message: bool = False  # messages: leave the last message open
     stream: bool = False  # send deltas every step; else one response at the end
     # Prepend the prompt text to each choice's output (Triton vLLM-backend semantics; echo).
     include_input: bool = False
@@ -38,6 +43,9 @@ class GenerationRequest:
             tools=request.tools,
             chat_template_kwargs=request.chat_template_kwargs,
             prompt_token_ids=request.input_ids,
+            add_special_tokens=request.add_special_tokens,
+            add_generation_prompt=bool(request.add_generation_prompt),
+            continue_final_message=bool(request.continue_final_message),
             stream=bool(request.stream),
             include_input=not request.exclude_input_in_output,
             contract=request,

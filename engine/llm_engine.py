@@ -1,8 +1,8 @@
 """The engine step: schedule, run the model, post-process.
 
 `LLMEngine` is single-threaded: `EngineService` calls `add_request`, `abort` and
-`step` from its engine thread only. `prepare` touches no engine state (only the
-tokenizer), so callers may run it on their own thread.
+`step` from its engine thread only. `prepare`, `tokenize` and `detokenize` touch no
+engine state (only the tokenizer), so callers may run them on their own thread.
 """
 
 from __future__ import annotations
@@ -69,26 +69,51 @@ class LLMEngine:
         self._next_seq_id = 0
 
     # -- any thread ------------------------------------------------------------------------
-    def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Tokenize and check the request against the context, compile its grammar (this
-        thread waits; the engine thread does not); raises ContractError."""
+    def tokenize(self, request: GenerationRequest) -> tuple[list[int], str]:
+        """The prompt's token ids and the text they encode, exactly as a generation of the
+        request computes them (chat template, tools, special tokens); raises ContractError.
+        `prepare` and the contract's `tokenize` requests both call it."""
         if request.messages is not None:
             try:
                 prompt_text = self.tokenizer.apply_chat_template(
-                    request.messages, request.tools, request.chat_template_kwargs
+                    request.messages,
+                    request.tools,
+                    request.chat_template_kwargs,
+                    add_generation_prompt=request.add_generation_prompt,
+                    continue_final_message=request.continue_final_message,
                 )
             except MessagesError as error:
                 raise ContractError(str(error).split(": ", 1)[-1], error.field) from None
             except ValueError as error:  # the template itself refused the conversation
                 raise ContractError(str(error), "messages") from None
-            prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=False)
-        elif request.prompt_token_ids is not None:
+            special = bool(request.add_special_tokens)  # the template holds any BOS
+            return self.tokenizer.encode(prompt_text, add_special_tokens=special), prompt_text
+        if request.prompt_token_ids is not None:
             prompt_token_ids = self._checked_token_ids(request.prompt_token_ids)
             # Special tokens kept: echo returns what the ids say, BOS included.
             prompt_text = self.tokenizer.decode(prompt_token_ids, skip_special_tokens=False)
-        else:
-            prompt_text = request.prompt or ""
-            prompt_token_ids = self.tokenizer.encode(prompt_text, add_special_tokens=True)
+            return prompt_token_ids, prompt_text
+        prompt_text = request.prompt or ""
+        special = request.add_special_tokens is not False
+        return self.tokenizer.encode(prompt_text, add_special_tokens=special), prompt_text
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """Token ids as text, special tokens kept (as vLLM's /detokenize); an empty list or
+        an id outside the tokenizer's vocabulary is a ContractError naming `tokens`."""
+        if not token_ids:
+            raise ContractError("must hold at least one token id", "tokens")
+        vocab_size = self.tokenizer.vocab_size
+        for token_id in token_ids:
+            if not 0 <= token_id < vocab_size:
+                raise ContractError(
+                    f"token id {token_id} is not in [0, {vocab_size}) (the vocabulary)", "tokens"
+                )
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
+
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Tokenize and check the request against the context, compile its grammar (this
+        thread waits; the engine thread does not); raises ContractError."""
+        prompt_token_ids, prompt_text = self.tokenize(request)
         if not prompt_token_ids:
             field = "prompt" if request.prompt_token_ids is not None else "text_input"
             raise ContractError("the prompt is empty", field)

@@ -5,6 +5,11 @@ tokenizes the request, and compiles its grammar if it has one, on the caller's t
 (so bad input fails at once, and a compile never stalls the running batch) and
 queues it. The engine thread drains the queue, checks cancellations, runs one
 engine step and sends each request's coalesced output through its sink.
+
+`tokenize` and `detokenize` answer on the caller's thread too, with the tokenizer
+only: nothing is queued or scheduled, and a generation of the same request would
+see exactly the token ids `tokenize` returns (`LLMEngine.tokenize`, shared with
+`submit`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from typing import Any, Protocol
 
 from contract.errors import ContractError, ErrorKind
+from contract.outputs import Tokenization
 from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -98,6 +104,17 @@ class EngineService:
             if self._stopped.is_set():
                 raise ContractError(self._stop_reason, kind=ErrorKind.UNAVAILABLE)
             self._inbox.put((next(self._keys), prepared, sink))
+
+    def tokenize(self, request: GenerationRequest, with_strings: bool = False) -> Tokenization:
+        """The request's prompt as token ids, as `submit` would tokenize it, and the context
+        length; each id's vocabulary entry too when `with_strings`. Raises ContractError."""
+        token_ids, _ = self.engine.tokenize(request)
+        strings = self.engine.tokenizer.token_strings(token_ids) if with_strings else None
+        return Tokenization(token_ids, strings, self.engine.config.scheduler.max_model_len)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """Token ids as text, special tokens kept; raises ContractError naming `tokens`."""
+        return self.engine.detokenize(token_ids)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         with self._admission:

@@ -96,9 +96,13 @@ class Tokenizer:
         messages: Any,
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
     ) -> str:
-        """Validate OpenAI-style messages and render the prompt, generation prompt included;
-        `template_kwargs` are a request's extra template variables (checked here)."""
+        """Validate OpenAI-style messages and render the prompt, by default with the
+        generation prompt (an assistant turn opened); `continue_final_message` leaves the
+        last message open instead. `template_kwargs` are a request's extra template
+        variables (checked here)."""
         plain_messages = validate_messages(messages)
         if self.tool_call_format == "generic":
             # The template takes no tools: tools, calls and results become plain messages.
@@ -118,7 +122,8 @@ class Tokenizer:
                 tools=tools or None,
                 documents=documents,
                 chat_template=self.chat_template,
-                add_generation_prompt=True,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
                 tokenize=False,
                 **variables,
             )
@@ -144,6 +149,10 @@ class Tokenizer:
                     where, f"this model's chat template does not read it (it reads: {known})"
                 )
         return dict(template_kwargs)
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """Each id's entry in the vocabulary (e.g. `Ġworld`), as vLLM's /tokenize shows them."""
+        return [str(token) for token in self.hf.convert_ids_to_tokens(list(token_ids))]
 
     def token_text(self, token_id: int) -> str:
         """One token's text, special tokens included (for logprobs entries)."""

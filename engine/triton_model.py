@@ -3,6 +3,8 @@
 `tritium package` copies this file to `<model_repository>/<name>/1/model.py`.
 `contract.python_backend.ContractModel` decodes each request; `submit` hands it to
 `EngineService.submit`, and the engine thread sends the responses through `TritonSink`.
+`tokenize` and `detokenize` requests are answered on Triton's thread by the engine's
+tokenizer (`EngineService.tokenize`, `EngineService.detokenize`); nothing is scheduled.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from contract.outputs import Tokenization
 from contract.python_backend import ContractModel, ResponseSender
 from contract.tensors import ModelRequest
 from engine.api import GenerationOutput, GenerationRequest
@@ -37,6 +40,15 @@ class TritonPythonModel(ContractModel):
         sink = TritonSink(sender)
         self.service.submit(GenerationRequest.from_contract(request), sink)
         return sink
+
+    def tokenize(self, request: ModelRequest) -> Tokenization:
+        """The prompt's token ids as `submit` would see them; raises ContractError."""
+        return self.service.tokenize(
+            GenerationRequest.from_contract(request), with_strings=bool(request.return_token_strs)
+        )
+
+    def detokenize(self, request: ModelRequest) -> str:
+        return self.service.detokenize(request.input_ids or [])
 
     def finalize(self) -> None:
         self.service.shutdown()

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from adapter.contract import GenerateInputs, ModelInfo
-from contract.outputs import ChoiceDelta, TokenLogprobs
+from contract.outputs import ChoiceDelta, Tokenization, TokenLogprobs
 from contract.tensors import ModelResponse
 
 HANG = "hang"  # a script step: wait until cancelled
@@ -32,8 +32,27 @@ def out(
     return ModelResponse(list(choices), prompt_tokens, final)
 
 
+def fake_token_ids(text: str) -> list[int]:
+    """The fake's tokenizer: a word is a token, its id the word's length."""
+    return [len(word) for word in text.split()]
+
+
+def tokenize_script(inputs: GenerateInputs) -> Script:
+    """A tokenize or detokenize request's one answer, as the contract spells it."""
+    if inputs.operation == "detokenize":
+        text = " ".join(f"t{token_id}" for token_id in inputs.input_ids or [])
+        return [out(choice(0, text, None, None), prompt_tokens=len(inputs.input_ids or []), final=True)]
+    text = inputs.text_input or " ".join(str(m["content"]) for m in inputs.messages or [])
+    ids = fake_token_ids(text)
+    strings = text.split() if inputs.return_token_strs else None
+    return [ModelResponse([], len(ids), True, Tokenization(ids, strings, 2048))]
+
+
 def default_script(inputs: GenerateInputs) -> Script:
-    """Every choice says "Hello" then " world" and stops: 2 tokens each."""
+    """Every choice says "Hello" then " world" and stops: 2 tokens each; tokenize and
+    detokenize requests get `tokenize_script`'s answer."""
+    if inputs.operation != "generate":
+        return tokenize_script(inputs)
     n = int(inputs.sampling_parameters.get("n", 1))
     if not inputs.stream:
         return [out(*(choice(i, "Hello world", "stop", 2) for i in range(n)), final=True)]

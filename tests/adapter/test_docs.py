@@ -14,7 +14,9 @@ from adapter.schemas import (
     ChatMessage,
     CompletionRequest,
     ContentPart,
+    DetokenizeRequest,
     StreamOptions,
+    TokenizeRequest,
 )
 
 API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
@@ -48,6 +50,8 @@ def fields_of(model: type[BaseModel], prefix: str = "") -> set[str]:
             | fields_of(ContentPart, "content[j]."),
         ),
         ("POST /v1/completions", fields_of(CompletionRequest)),
+        ("POST /tokenize", fields_of(TokenizeRequest)),
+        ("POST /detokenize", fields_of(DetokenizeRequest)),
     ],
 )
 def test_every_request_field_is_documented(title: str, expected: set[str]) -> None:

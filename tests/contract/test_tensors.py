@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 
 from contract.errors import ContractError, ErrorKind, parse_error_message
-from contract.outputs import ChoiceDelta, TokenLogprobs, TopLogprob
+from contract.outputs import ChoiceDelta, Tokenization, TokenLogprobs, TopLogprob
 from contract.tensors import (
     INPUTS,
     OUTPUTS,
     Capabilities,
     ModelRequest,
+    Operation,
     decode_request,
     decode_response,
     encode_response,
+    encode_text,
+    encode_tokenization,
     render_model_config,
 )
 
@@ -54,6 +57,14 @@ def test_a_request_round_trips_and_absent_inputs_take_the_models_defaults() -> N
         ({"text_input": "a", "sampling_parameters": {"top_k": -5}}, "top_k", "must be in"),
         ({"text_input": "a", "sampling_parameters": {"temprature": 1}}, "temprature", "unknown"),
         ({"cancel": True}, "cancellation_key", "names the request"),
+        ({"text_input": "a", "operation": "count"}, "operation", "must be one of generate, tokenize, detokenize"),
+        ({"input_ids": [1], "operation": "tokenize"}, "operation", "tokenize takes text_input or messages"),
+        ({"text_input": "a", "operation": "detokenize"}, "operation", "detokenize takes input_ids"),
+        (
+            {"messages": [{"role": "user"}], "operation": "tokenize", "continue_final_message": True},
+            "continue_final_message",
+            "send add_generation_prompt false",
+        ),
     ],
 )
 def test_bad_requests_name_the_input(inputs: dict, field: str | None, message: str) -> None:
@@ -123,8 +134,9 @@ def test_the_model_config_holds_every_tensor_of_the_tables() -> None:
 def test_capabilities_come_from_the_input_names() -> None:
     assert Capabilities.of({"input_ids"}) is None
     full = Capabilities.of({spec.name for spec in INPUTS})
-    assert full == Capabilities(chat=True, completions=True, token_ids=True, cancel_in_band=True)
-    assert Capabilities.of({"text_input", "cancel"}) == Capabilities(False, True, False, False)
+    assert full == Capabilities(chat=True, completions=True, token_ids=True, cancel_in_band=True, tokenize=True)
+    # A model of an older contract, without `operation`: no tokenize or detokenize requests.
+    assert Capabilities.of({"text_input", "cancel"}) == Capabilities(False, True, False, False, False)
 
 
 def test_error_messages_round_trip() -> None:
@@ -148,3 +160,55 @@ def test_tools_travel_with_messages_and_are_checked() -> None:
         with pytest.raises(ContractError, match=message) as error:
             decode_request(arrays_of(bad).get)
         assert error.value.field == "tools"
+
+
+def test_a_tokenize_request_and_its_answer_round_trip() -> None:
+    sent = ModelRequest(
+        messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "He"}],
+        operation=Operation.TOKENIZE,  # an enum member goes on the wire as its value
+        add_generation_prompt=False,
+        continue_final_message=True,
+        add_special_tokens=True,
+        return_token_strs=True,
+    )
+    arrays = arrays_of(sent)
+    assert arrays["operation"].tolist() == [b"tokenize"]
+    received = decode_request(arrays.get)
+    assert received.operation == Operation.TOKENIZE == "tokenize"
+    assert (received.add_generation_prompt, received.continue_final_message) == (False, True)
+    assert received.add_special_tokens is True and received.return_token_strs
+    # Absent: generate; add_special_tokens stays None (the prompt kind's default).
+    plain = decode_request(arrays_of(ModelRequest(text_input="x")).get)
+    assert plain.operation == "generate" and plain.add_special_tokens is None
+    assert (plain.add_generation_prompt, plain.continue_final_message, plain.return_token_strs) == (True, False, False)
+
+    answer = Tokenization([1, 9906, 0], ["<|im_start|>", "Ġé", "<|endoftext|>"], 2048)
+    response = decode_response(_raw(encode_tokenization(received, answer)), final=True)
+    assert response.tokenization == answer and response.num_input_tokens == 3
+    assert response.choices == [] and response.final
+    # Token strings only when the request asks for them.
+    terse = decode_response(_raw(encode_tokenization(plain, answer)), final=True)
+    assert terse.tokenization == Tokenization([1, 9906, 0], None, 2048)
+    # An empty prompt has no tokens, and says so.
+    empty = decode_response(_raw(encode_tokenization(plain, Tokenization([], None, 64))), final=True)
+    assert empty.tokenization == Tokenization([], None, 64) and empty.num_input_tokens == 0
+    # A generation's response holds no tokenization.
+    assert decode_response(_raw(encode_response(plain, [ChoiceDelta(0, "a", 1)], 1)), final=True).tokenization is None
+
+
+def test_a_detokenize_request_and_its_answer_round_trip() -> None:
+    received = decode_request(arrays_of(ModelRequest(input_ids=[5, 7], operation="detokenize")).get)
+    assert received.operation == Operation.DETOKENIZE and received.input_ids == [5, 7]
+    response = decode_response(_raw(encode_text("<s> héllo", 2)), final=True)
+    assert [(c.index, c.text) for c in response.choices] == [(0, "<s> héllo")]
+    assert response.num_input_tokens == 2 and response.tokenization is None
+
+
+def test_a_malformed_tokenization_is_a_contract_violation() -> None:
+    ids = ("prompt_token_ids", np.array([1, 2], dtype=np.int64))
+    with pytest.raises(ContractError, match="one max_model_len"):
+        decode_response(_raw([ids]), final=True)
+    strings = ("token_strs", np.array([b"a"], dtype=np.object_))
+    length = ("max_model_len", np.array([8], dtype=np.int32))
+    with pytest.raises(ContractError, match="1 token_strs for 2 token ids"):
+        decode_response(_raw([ids, length, strings]), final=True)
