@@ -191,6 +191,13 @@ class EngineConfig:
     # How the model writes tool calls (contract.tools.FORMATS); "" = read from the chat
     # template. "generic": the template takes no tools, the engine writes the tool prompt.
     tool_call_format: str = ""
+    # Weight-only quantized linear layers (engine/quantization.py): "auto" = the package's
+    # quantized GGUF tensors when it has them, else none; "none"; "int4" / "int8" = those
+    # bits (the package's tensors of those bits, else quantized from the dense weights at load).
+    quantization: str = "auto"
+    # Matmuls of up to this many rows use the quantized weight, bigger ones the dense one;
+    # None = per bits, where torch's CPU kernels stop paying (engine.quantization.DEFAULT_MAX_ROWS).
+    quantized_max_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -199,6 +206,12 @@ class EngineConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.use_kernels not in ("auto", "on", "off"):
             raise ConfigError(f"use_kernels must be auto, on or off, got {self.use_kernels!r}")
+        if self.quantization not in QUANTIZATION_MODES:
+            raise ConfigError(
+                f"quantization must be {', '.join(QUANTIZATION_MODES)}, got {self.quantization!r}"
+            )
+        if self.quantized_max_rows is not None and self.quantized_max_rows < 0:
+            raise ConfigError(f"quantized_max_rows must be >= 0 or auto, got {self.quantized_max_rows}")
         if self.tool_call_format not in ("", *FORMATS):
             raise ConfigError(
                 f"tool_call_format must be one of {', '.join(FORMATS)}, got {self.tool_call_format!r}"
@@ -263,6 +276,13 @@ def _str(key: str, value: str) -> str:
     return value.strip()
 
 
+def _int_or_auto(key: str, value: str) -> int | None:
+    return None if value.strip().lower() == "auto" else _int(key, value)
+
+
+QUANTIZATION_MODES = ("auto", "none", "int4", "int8")
+
+
 # config.pbtxt parameter -> (group.field, parser). The one table of tunables.
 _PARAMETERS: dict[str, tuple[str, Any]] = {
     "kv_block_size": ("cache.block_size", _int),
@@ -277,6 +297,8 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "use_kernels": ("engine.use_kernels", _str),
     "num_threads": ("engine.num_threads", _int),
     "tool_call_format": ("engine.tool_call_format", _str),
+    "quantization": ("engine.quantization", _str),
+    "quantized_max_rows": ("engine.quantized_max_rows", _int_or_auto),
 }
 
 # config.pbtxt parameter -> what it means (`tritium serve MODEL --<parameter>` help text).
@@ -294,6 +316,10 @@ PARAMETER_HELP: dict[str, str] = {
     "num_threads": "torch intra-op threads on CPU (default 0: torch's choice)",
     "tool_call_format": "how the model writes tool calls: hermes, generic, llama3_json or mistral "
     "(default: read from the chat template; `tritium package` writes it)",
+    "quantization": "weight-only quantized linear layers: auto, none, int4 or int8 (auto: a GGUF's "
+    "own Q4_0/Q4_1/Q4_K/Q8_0 tensors as they are, none for other checkpoints)",
+    "quantized_max_rows": "matmuls of up to this many rows use the quantized weights, larger ones the "
+    "dense copy (default auto: 16 for int4, 8 for int8)",
 }
 assert set(PARAMETER_HELP) == set(_PARAMETERS)
 

@@ -23,7 +23,7 @@ from engine.models.layers import KVCache
 from engine.ops import Ops, TorchOps
 from engine.request import Sequence
 from engine.sampler import Sampler, SampleResult, SamplingBackend, TorchSampling
-from engine.weights import load_weights
+from engine.weights import load_weights, quantize_linears
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -55,6 +55,14 @@ class ModelRunner:
             model_config, self.dtype, self.device, max_positions=config.scheduler.max_model_len
         )
         load_weights(self.model, config.model_dir)
+        self.quantized_layers = quantize_linears(
+            self.model,
+            config.model_dir,
+            config.quantization,
+            config.quantized_max_rows,
+            self.dtype,
+            self.device,
+        )
         element_bytes = torch.empty((), dtype=self.dtype).element_size()
         # K and V, every layer, one block of positions.
         self.block_bytes: int = (

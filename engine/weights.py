@@ -19,7 +19,17 @@ from typing import Protocol
 import torch
 from safetensors import safe_open
 
-from engine.models.layers import WeightSlot
+from engine.models.layers import Linear, WeightSlot
+from engine.quantization import (
+    DEFAULT_MAX_ROWS,
+    QUANTIZED_FILE,
+    QuantizationError,
+    QuantizedMatmul,
+    QuantizedTensor,
+    load_quantized,
+    quantize_int4,
+    quantize_int8,
+)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -37,6 +47,10 @@ class LoadableModel(Protocol):
     def hf_weight_map(self) -> dict[str, WeightSlot]: ...
 
     def get_parameter(self, target: str) -> torch.nn.Parameter: ...
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]: ...
+
+    def named_modules(self) -> Iterator[tuple[str, torch.nn.Module]]: ...
 
 
 def checkpoint_files(model_dir: str | Path) -> list[Path]:
@@ -110,3 +124,76 @@ def load_weights(model: LoadableModel, model_dir: str | Path) -> None:
 def _is_tied_head(name: str, expected: dict[str, WeightSlot]) -> bool:
     # Some tied checkpoints still store lm_head; the embedding already serves as it.
     return name == "lm_head.weight" and name not in expected
+
+
+@torch.inference_mode()
+def quantize_linears(
+    model: LoadableModel,
+    model_dir: str | Path,
+    mode: str,
+    max_rows: int | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, int]:
+    """Give the model's `Linear` layers their quantized weights (after `load_weights`).
+
+    mode (EngineConfig.quantization): "none"; "auto" = the package's quantized tensors
+    (`QUANTIZED_FILE`, written by `tritium package` from a GGUF) where a layer has them;
+    "int4" / "int8" = those of these bits, and every other layer quantized from its dense
+    weight. A fused layer (qkv, gate/up) takes stored tensors only when all its parts have
+    them in one format. Returns {how: layers} ("Q4_1", "int4 at load", "dense" ...).
+    """
+    counts: dict[str, int] = {}
+    if mode == "none":
+        return counts
+    path = Path(model_dir) / QUANTIZED_FILE
+    stored = load_quantized(path) if path.is_file() else {}
+    slots_of: dict[str, list[tuple[str, WeightSlot]]] = {}
+    for name, slot in model.hf_weight_map().items():
+        slots_of.setdefault(slot.parameter, []).append((name, slot))
+    parameter_names = {id(parameter): name for name, parameter in model.named_parameters()}
+    wanted_bits = {"int4": 4, "int8": 8}.get(mode)
+    for _, layer in model.named_modules():
+        if not isinstance(layer, Linear):
+            continue
+        parameter = parameter_names[id(layer.weight)]
+        found = _stored_tensor(slots_of.get(parameter, []), stored, layer.weight)
+        if found is not None and wanted_bits in (None, found[0].bits):
+            tensor, how = found
+        elif wanted_bits == 4:
+            tensor, how = quantize_int4(layer.weight), "int4 at load"
+        elif wanted_bits == 8:
+            tensor, how = quantize_int8(layer.weight), "int8 at load"
+        else:
+            counts["dense"] = counts.get("dense", 0) + 1
+            continue
+        rows = DEFAULT_MAX_ROWS[tensor.bits] if max_rows is None else max_rows
+        layer.quantize(QuantizedMatmul(tensor, dtype, device), rows)
+        counts[how] = counts.get(how, 0) + 1
+    logger.info("quantized linear layers: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return counts
+
+
+def _stored_tensor(
+    slots: list[tuple[str, WeightSlot]],
+    stored: dict[str, tuple[QuantizedTensor, str]],
+    weight: torch.Tensor,
+) -> tuple[QuantizedTensor, str] | None:
+    """The stored quantized tensors of one parameter's slots, stacked in row order; None
+    when a part is missing, stacks experts, or the parts differ in format."""
+    if not slots or any(slot.expert is not None or name not in stored for name, slot in slots):
+        return None
+    slots = sorted(slots, key=lambda item: item[1].row_start)
+    parts = []
+    for name, slot in slots:
+        tensor, _ = stored[name]
+        if tensor.shape != (slot.rows, weight.shape[1]):
+            raise QuantizationError(
+                f"quantized tensor {name!r} has shape {tensor.shape}, the model expects "
+                f"{(slot.rows, weight.shape[1])}"
+            )
+        parts.append(tensor)
+    if len({(p.bits, p.group_size) for p in parts}) > 1:
+        return None
+    sources = sorted({stored[name][1] for name, _ in slots})
+    return QuantizedTensor.concatenate(parts), "+".join(sources)
