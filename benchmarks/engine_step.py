@@ -7,6 +7,9 @@ Prefills `--num-seqs` random 128-token prompts, then times `--steps` decode step
 sequences decoding, contexts of 129 and up) and profiles `--profile-steps` more. It also
 prints the bytes of weights a decode step reads and the machine's measured memory read
 bandwidth: their quotient is the least time a step can take when it is bound by memory.
+The profile's summary line counts the aten ops of one step and splits its self CPU time
+into the matmuls (the weights' share) and everything else (per-op overhead, attention).
+`--num-threads 1` gives steadier numbers on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -51,11 +54,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=12, help="operators listed")
+    parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
 
     weights_dir = _default_weights_dir()
     parameters = {"max_num_seqs": str(args.num_seqs), "max_num_batched_tokens": "512",
-                  "max_model_len": "2048", "kv_cache_memory_mb": "1024", "dtype": args.dtype}  # fmt: skip
+                  "max_model_len": "2048", "kv_cache_memory_mb": "1024", "dtype": args.dtype,
+                  "num_threads": str(args.num_threads)}  # fmt: skip
     engine = LLMEngine(EngineConfig.from_parameters(weights_dir, parameters))
     decode_steps = args.steps + args.profile_steps + 1
     params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True)
@@ -83,8 +88,24 @@ def main(argv: list[str] | None = None) -> None:
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(args.profile_steps):
             engine.step()
-    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
-    print(f"per {args.profile_steps} decode steps:\n{table}")
+    averages = profiler.key_averages()
+    steps = args.profile_steps
+    aten = [event for event in averages if event.key.startswith("aten::")]
+    # Self time, so nested ops count once; aten::mm (and the quantized matmuls) are the
+    # weights' share, everything else the per-op overhead this profile is about.
+    matmul_us = sum(e.self_cpu_time_total for e in aten if e.key in _MATMUL_OPS)
+    all_us = sum(e.self_cpu_time_total for e in averages)
+    print(f"per decode step (profiled): {sum(e.count for e in aten) / steps:.0f} aten ops "
+          f"({sum(e.count for e in aten if e.key in _MATMUL_OPS) / steps:.0f} matmuls); "
+          f"self CPU {all_us / steps / 1e3:.1f} ms, of it matmuls {matmul_us / steps / 1e3:.1f} ms, "
+          f"the rest {(all_us - matmul_us) / steps / 1e3:.1f} ms")  # fmt: skip
+    table = averages.table(sort_by="self_cpu_time_total", row_limit=args.rows)
+    print(f"per {steps} decode steps:\n{table}")
+
+
+# Operators that multiply by the weights: what a decode step must spend.
+_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int4pack_mm_for_cpu",
+               "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm"}  # fmt: skip
 
 
 if __name__ == "__main__":
