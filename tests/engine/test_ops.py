@@ -158,9 +158,7 @@ def assert_implements(cls: type, protocol: type) -> None:
     for name in methods:
         expected = inspect.signature(getattr(protocol, name))
         actual = inspect.signature(getattr(cls, name))
-        assert [
-            (p.name, p.kind, p.default, p.annotation) for p in actual.parameters.values()
-        ] == [
+        assert [(p.name, p.kind, p.default, p.annotation) for p in actual.parameters.values()] == [
             (p.name, p.kind, p.default, p.annotation) for p in expected.parameters.values()
         ], f"{cls.__name__}.{name}{actual} != {expected}"
         assert actual.return_annotation == expected.return_annotation, f"{cls.__name__}.{name}"
@@ -170,3 +168,34 @@ def assert_implements(cls: type, protocol: type) -> None:
 def test_backends_implement_the_ops_protocol(backend: str) -> None:
     module_name, class_name = backend.rsplit(".", 1)
     assert_implements(getattr(importlib.import_module(module_name), class_name), Ops)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize(
+    "blocks", [[3, 4, 5, 6, 7], [9, 2, 7, 1, 0]], ids=["consecutive", "shuffled"]
+)
+def test_lone_decode_equals_the_same_sequence_in_a_batch(
+    window: int | None, blocks: list[int]
+) -> None:
+    """One decoding sequence takes its own path (unmasked, keys cut to what it sees, read
+    in place when its blocks are consecutive); it must agree with the masked batch path."""
+    generator = torch.Generator().manual_seed(3)
+    num_heads, num_kv_heads, head_dim, seq_len = 4, 2, 8, 17
+    key_cache = torch.randn(12, BLOCK_SIZE, num_kv_heads, head_dim, generator=generator)
+    value_cache = torch.randn(12, BLOCK_SIZE, num_kv_heads, head_dim, generator=generator)
+    query = torch.randn(2, num_heads, head_dim, generator=generator)
+    alone = build_attention_metadata([seq_len - 1], [1], [blocks], [True], BLOCK_SIZE)
+    # The same sequence beside another decode: the padded, masked batch path.
+    batch = build_attention_metadata(
+        [seq_len - 1, 4], [1, 1], [blocks, [10, 11]], [True, True], BLOCK_SIZE
+    )
+    out_alone = TorchOps().attention(query[:1], key_cache, value_cache, alone, 0.3, window)
+    out_batch = TorchOps().attention(query, key_cache, value_cache, batch, 0.3, window)
+    torch.testing.assert_close(out_alone[0], out_batch[0])
+    # And with a prefill in the step (the decode's token is gathered, not the whole step).
+    mixed = build_attention_metadata(
+        [0, seq_len - 1], [3, 1], [[10, 11], blocks], [True, True], BLOCK_SIZE
+    )
+    queries = torch.cat((torch.randn(3, num_heads, head_dim, generator=generator), query[:1]))
+    out_mixed = TorchOps().attention(queries, key_cache, value_cache, mixed, 0.3, window)
+    torch.testing.assert_close(out_mixed[3], out_alone[0])
