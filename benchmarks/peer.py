@@ -7,8 +7,8 @@
 
 `build` downloads the sdist from PyPI (`pip download --no-binary :all:`), unpacks it,
 configures `vendor/llama.cpp` with cmake (Release, CPU only, tuned for this CPU, static, no
-web UI, no network at build time) and builds the one target `llama-server` into
-`<dest>/llama-server` (default `.cache/peer/`), kept and reused: about 10-15 minutes on two
+web UI, no network at build time) and builds `llama-server` (and `llama-perplexity`, for
+`benchmarks.quant_accuracy`) into `<dest>/` (default `.cache/peer/`), kept and reused: about 10-15 minutes on two
 cores, so it is never part of `make test`. `serve` starts it on the default model's GGUF
 (`engine.package.default_gguf_path()`) with `-t <cores> -np 32 -c 32768` and waits for
 `/health`. The benchmark suite starts it the same way (`benchmarks.stack.llama_server`).
@@ -31,7 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 DEFAULT_DEST = REPO_ROOT / ".cache" / "peer"
 BINARY_NAME = "llama-server"
-BUILD_TARGET = "llama-server"
+# llama-perplexity: llama.cpp's own KL divergence of a quantized GGUF (benchmarks.quant_accuracy).
+BUILD_TARGETS = ("llama-server", "llama-perplexity")
 # Slots and context as a llama.cpp user serving many clients sets them: 32 sequences decoded
 # together (our engine's max_num_seqs), the context shared by the slots, 1,024 tokens each.
 PARALLEL_SLOTS = 32
@@ -84,7 +85,7 @@ def configure_command(source_dir: Path, build_dir: Path, cmake: str = "cmake") -
 
 def build_command(build_dir: Path, jobs: int, cmake: str = "cmake") -> list[str]:
     return [cmake, "--build", str(build_dir), "--config", "Release",
-            "--target", BUILD_TARGET, "--parallel", str(jobs)]  # fmt: skip
+            "--target", *BUILD_TARGETS, "--parallel", str(jobs)]  # fmt: skip
 
 
 def server_command(
@@ -112,7 +113,8 @@ def binary_path(dest: Path = DEFAULT_DEST) -> Path:
 
 
 def build(dest: Path = DEFAULT_DEST, jobs: int | None = None, force: bool = False) -> Path:
-    """Download, configure and build llama-server into ``dest``; reuse a binary already there."""
+    """Download, configure and build llama-server and llama-perplexity into ``dest``; reuse a
+    llama-server already there."""
     binary = binary_path(dest)
     if binary.is_file() and not force:
         print(f"{binary} exists (--force rebuilds)")
@@ -132,7 +134,8 @@ def build(dest: Path = DEFAULT_DEST, jobs: int | None = None, force: bool = Fals
         started = time.perf_counter()
         subprocess.run(command, check=True)
         timings[f"{step}_s"] = round(time.perf_counter() - started, 1)
-    shutil.copy2(build_dir / "bin" / BINARY_NAME, binary)
+    for target in BUILD_TARGETS:
+        shutil.copy2(build_dir / "bin" / target, dest / target)
     info = {
         "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
         "version": _version(binary),

@@ -35,6 +35,9 @@ ENGINE_PARAMETERS = {
     # The e2e tests compare with transformers' fp32 token for token; the bf16 default of
     # CPUs with native bf16 is checked against it in tests/engine/test_llama.py.
     "dtype": "float32",
+    # ... and transformers runs the package's dense weights: the GGUF's quantized tensors
+    # (served by default) are checked against them in tests/engine/test_quantization.py.
+    "quantization": "none",
 }
 
 

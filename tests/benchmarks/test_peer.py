@@ -25,10 +25,10 @@ def test_configure_is_a_cpu_only_release_build_of_the_vendored_sources() -> None
         assert option in command
 
 
-def test_build_makes_the_one_target_llama_server() -> None:
+def test_build_makes_llama_server_and_llama_perplexity() -> None:
     command = peer.build_command(BUILD, jobs=2)
     assert command == ["cmake", "--build", str(BUILD), "--config", "Release",
-                       "--target", "llama-server", "--parallel", "2"]  # fmt: skip
+                       "--target", "llama-server", "llama-perplexity", "--parallel", "2"]  # fmt: skip
 
 
 def test_download_fetches_the_pinned_sdist_only() -> None:

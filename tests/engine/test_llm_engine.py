@@ -47,6 +47,7 @@ def engine(default_weights_dir: Path) -> LLMEngine:
         "max_num_batched_tokens": "48",  # long prompts are prefilled in chunks
         "kv_cache_memory_mb": "64",
         "dtype": "float32",
+        "quantization": "none",  # compared with transformers on the dense weights
     }
     return LLMEngine(EngineConfig.from_parameters(default_weights_dir, parameters))
 
