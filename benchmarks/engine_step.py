@@ -1,12 +1,13 @@
 """One engine step under the microscope: the time of a decode step at a batch size, and
 where it goes (torch.profiler, by operator).
 
-    .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 32
+    .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 32 [--quantization none]
 
 Prefills `--num-seqs` random 128-token prompts, then times `--steps` decode steps (all
 sequences decoding, contexts of 129 and up) and profiles `--profile-steps` more. It also
-prints the bytes of weights a decode step reads and the machine's measured memory read
-bandwidth: their quotient is the least time a step can take when it is bound by memory.
+prints the bytes of weights a decode step reads (quantized where the step's rows take the
+quantized copy) and the machine's measured memory read bandwidth: their quotient is the
+least time a step can take when it is bound by memory.
 The profile's summary line counts the aten ops of one step and splits its self CPU time
 into the matmuls (the weights' share) and everything else (per-op overhead, attention).
 `--num-threads 1` gives steadier numbers on a machine shared with other work.
@@ -25,13 +26,25 @@ from benchmarks.engine_offline import _default_weights_dir, synthetic_prompts
 from engine.api import GenerationRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine, PreparedRequest
+from engine.models.layers import Linear
 from engine.sampling_params import SamplingParams
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the parameters (a tied embedding counted once): what one decode step reads,
-    since the LM head multiplies by the whole embedding matrix."""
-    return sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+def weight_bytes(model: torch.nn.Module, rows: int) -> int:
+    """Bytes of weights one step of `rows` tokens reads: a linear layer's quantized copy
+    where it takes matmuls of that many rows, its dense weight otherwise, and every other
+    parameter (a tied embedding counted once: the LM head multiplies by all of it, unless
+    the head is quantized, when the embedding is only gathered a row per token)."""
+    total, replaced = 0, set()
+    for layer in model.modules():
+        if isinstance(layer, Linear) and layer.quantized is not None and rows <= layer.max_quantized_rows:
+            total += layer.quantized.nbytes()
+            replaced.add(id(layer.weight))
+    return total + sum(
+        parameter.numel() * parameter.element_size()
+        for parameter in model.parameters()
+        if id(parameter) not in replaced
+    )
 
 
 def memory_read_gb_per_s(size_mib: int = 1024, repeats: int = 5) -> float:
@@ -49,6 +62,8 @@ def memory_read_gb_per_s(size_mib: int = 1024, repeats: int = 5) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--quantization", default="auto", choices=["auto", "none", "int4", "int8"],
+                        help="the engine parameter (auto: the package's GGUF tensors)")  # fmt: skip
     parser.add_argument("--num-seqs", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
@@ -60,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     weights_dir = _default_weights_dir()
     parameters = {"max_num_seqs": str(args.num_seqs), "max_num_batched_tokens": "512",
                   "max_model_len": "2048", "kv_cache_memory_mb": "1024", "dtype": args.dtype,
-                  "num_threads": str(args.num_threads)}  # fmt: skip
+                  "quantization": args.quantization, "num_threads": str(args.num_threads)}  # fmt: skip
     engine = LLMEngine(EngineConfig.from_parameters(weights_dir, parameters))
     decode_steps = args.steps + args.profile_steps + 1
     params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True)
@@ -78,10 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         engine.step()
         times.append(time.perf_counter() - started)
-    dtype = engine.runner.dtype
-    print(f"{args.num_seqs} sequences, {dtype}: prefill {prefill_s:.2f} s; decode step median "
+    dtype, layers = engine.runner.dtype, engine.runner.quantized_layers
+    how = ", ".join(f"{count} {kind}" for kind, count in sorted(layers.items())) or "none"
+    print(f"{args.num_seqs} sequences, {dtype}, quantized layers: {how}: prefill {prefill_s:.2f} s; decode step median "
           f"{statistics.median(times) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms")  # fmt: skip
-    weights, bandwidth = weight_bytes(engine.runner.model), memory_read_gb_per_s()
+    weights, bandwidth = weight_bytes(engine.runner.model, args.num_seqs), memory_read_gb_per_s()
     print(f"weights read per decode step: {weights / 1e6:.0f} MB; memory read bandwidth "
           f"(sum of 1 GiB, {torch.get_num_threads()} threads): {bandwidth:.1f} GB/s; reading "
           f"the weights once takes at least {weights / bandwidth / 1e6:.1f} ms")  # fmt: skip

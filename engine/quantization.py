@@ -37,6 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The int4 packing is the CUDA kernel's layout, defined once beside it.
+from kernels.quant_matmul import pack_int4, unpack_int4
+
 logger = logging.getLogger(__name__)
 
 QUANTIZED_FILE = "quantized.safetensors"
@@ -101,18 +104,6 @@ class QuantizedTensor:
         )
 
 
-def pack_int4(values: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, K] in 0..15 -> uint8 [N, K // 2], column 2j low nibble, 2j + 1 high."""
-    values = values.to(torch.uint8)
-    return values[:, 0::2] | (values[:, 1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, K // 2] -> uint8 [N, K], the inverse of `pack_int4`."""
-    low, high = packed & 0x0F, packed >> 4
-    return torch.stack([low, high], dim=-1).view(packed.shape[0], -1)
-
-
 def quantize_int4(weight: torch.Tensor, group_size: int = INT4_GROUP) -> QuantizedTensor:
     """Asymmetric int4 per group of `group_size` columns (Q4_1's rule: the group's minimum
     and its range / 15), from a dense [N, K] weight."""
@@ -124,7 +115,7 @@ def quantize_int4(weight: torch.Tensor, group_size: int = INT4_GROUP) -> Quantiz
     scales = (high - low) / 15
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
     q = torch.round((groups - low[..., None]) / safe[..., None]).clamp(0, 15)
-    return QuantizedTensor(4, group_size, pack_int4(q.view(rows, columns)), scales, low)
+    return QuantizedTensor(4, group_size, pack_int4(q.view(rows, columns).to(torch.uint8)), scales, low)
 
 
 def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> QuantizedTensor:

@@ -67,3 +67,15 @@ def test_sampling_params_are_the_contracts_fields_with_its_defaults() -> None:
 
     ours = {f.name: SamplingParams().__getattribute__(f.name) for f in fields(SamplingParams)}
     assert ours == {spec.name: spec.default for spec in SAMPLING_FIELDS}
+
+
+def test_every_parameter_is_documented_in_the_architecture_table_and_the_readme() -> None:
+    from engine.config import PARAMETER_HELP
+
+    root = Path(__file__).resolve().parents[2]
+    table = (root / "docs" / "architecture.md").read_text().split("## Configuration", 1)[1]
+    table = table.split("\n## ", 1)[0]
+    readme = (root / "README.md").read_text().split("## Configuration", 1)[1]
+    for name in PARAMETER_HELP:
+        assert f"| `{name}` |" in table, f"docs/architecture.md's table lacks {name}"
+        assert f"`{name}`" in readme, f"README's Configuration lacks {name}"
