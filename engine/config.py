@@ -191,9 +191,10 @@ class EngineConfig:
     # How the model writes tool calls (contract.tools.FORMATS); "" = read from the chat
     # template. "generic": the template takes no tools, the engine writes the tool prompt.
     tool_call_format: str = ""
-    # Weight-only quantized linear layers (engine/quantization.py): "auto" = the package's
-    # quantized GGUF tensors when it has them, else none; "none"; "int4" / "int8" = those
-    # bits (the package's tensors of those bits, else quantized from the dense weights at load).
+    # Weight-only quantized linear layers (engine/quantization.py, engine.weights.quantize_linears):
+    # "gguf" = the package's quantized GGUF tensors where it has them; "auto" = gguf, but dense
+    # for float32 on CPU; "none"; "int4" / "int8" = those bits (the package's tensors of those
+    # bits, else quantized from the dense weights at load).
     quantization: str = "auto"
     # Matmuls of up to this many rows use the quantized weight, bigger ones the dense one;
     # None = per bits, where torch's CPU kernels stop paying (engine.quantization.DEFAULT_MAX_ROWS).
@@ -280,7 +281,7 @@ def _int_or_auto(key: str, value: str) -> int | None:
     return None if value.strip().lower() == "auto" else _int(key, value)
 
 
-QUANTIZATION_MODES = ("auto", "none", "int4", "int8")
+QUANTIZATION_MODES = ("auto", "gguf", "none", "int4", "int8")
 
 
 # config.pbtxt parameter -> (group.field, parser). The one table of tunables.
@@ -316,10 +317,11 @@ PARAMETER_HELP: dict[str, str] = {
     "num_threads": "torch intra-op threads on CPU (default 0: torch's choice)",
     "tool_call_format": "how the model writes tool calls: hermes, generic, llama3_json or mistral "
     "(default: read from the chat template; `tritium package` writes it)",
-    "quantization": "weight-only quantized linear layers: auto, none, int4 or int8 (auto: a GGUF's "
-    "own Q4_0/Q4_1/Q4_K/Q8_0 tensors as they are, none for other checkpoints)",
+    "quantization": "weight-only quantized linear layers: auto, gguf, none, int4 or int8 (gguf: a "
+    "GGUF's own Q4_0/Q4_1/Q4_K/Q8_0 tensors as they are; auto: gguf, but dense for float32 on CPU; "
+    "int4/int8: also quantize the other layers at load)",
     "quantized_max_rows": "matmuls of up to this many rows use the quantized weights, larger ones the "
-    "dense copy (default auto: 16 for int4, 8 for int8)",
+    "dense copy (default auto: 16 for 4-bit weights, 4 for 8-bit)",
 }
 assert set(PARAMETER_HELP) == set(_PARAMETERS)
 

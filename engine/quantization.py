@@ -13,13 +13,16 @@ kernel's (`kernels/quant_matmul.py`) and the one `tritium package` writes from a
 
 Where it runs (`QuantizedMatmul.for_device`): on CPU torch's packed weight-only kernels
 (`_weight_int4pack_mm_for_cpu`, group 32..256, scale and zero in the activation dtype, and
-`_weight_int8pack_mm`, one scale per output channel: a Q8_0 tensor's per-32 scales are
-folded into per-channel int8 at load, the one lossy step, measured in docs/benchmarks.md);
-on CUDA our Triton kernel, which reads the format as it is.
+`_weight_int8pack_mm`, one scale per output channel; a Q8_0 tensor, whose scales are per 32
+columns, runs exactly as two int4 planes, `_int8_as_int4_planes`); on CUDA our Triton
+kernel, which reads the format as it is. Both CPU kernels are fast with bf16/fp16
+activations only (with float32 ones about 10x slower than the dense fp32 matmul, measured
+in docs/benchmarks.md), so `quantization: auto` keeps the dense weights for a float32 run
+on CPU.
 
 Why a `Linear` keeps its dense weight as well: a quantized matmul reads 2-4x fewer bytes,
 which is what a decode step of a few sequences is bound by, but torch's CPU int4/int8
-kernels fall behind oneDNN's bf16 GEMM once a matmul has more than ~16 (int4) or ~8 (int8)
+kernels fall behind oneDNN's bf16 GEMM once a matmul has more than ~16 (int4) or ~4 (int8)
 rows (measured on the project's CPU, docs/benchmarks.md): so batches up to
 `quantized_max_rows` rows take the quantized weight and bigger ones (prefill, large decode
 batches) the dense one.
@@ -46,7 +49,7 @@ QUANTIZED_FILE = "quantized.safetensors"
 FILE_FORMAT = "tritium-quantized-1"
 # Rows up to which a matmul takes the quantized weight, by bits, when the config does not
 # say: about where torch's CPU kernels stop beating bf16 on the project's machine.
-DEFAULT_MAX_ROWS = {4: 16, 8: 8}
+DEFAULT_MAX_ROWS = {4: 16, 8: 4}
 INT4_GROUP = 32  # `quantization: int4` of a dense checkpoint: Q4_1's layout
 
 
@@ -265,19 +268,20 @@ class QuantizedMatmul:
             )
 
     def _prepare_cpu(self, tensor: QuantizedTensor, dtype: torch.dtype) -> None:
-        if tensor.bits == 8:
-            if tensor.group_size != self.columns:  # Q8_0's groups: one scale per channel here
-                tensor = quantize_int8(tensor.dequantize())
+        self.planes = 1
+        if tensor.bits == 8 and tensor.group_size == self.columns:  # one scale per channel
             self.int8_weight = tensor.qweight.contiguous()
             self.int8_scales = tensor.scales[:, 0].to(dtype).contiguous()
             return
+        if tensor.bits == 8:  # Q8_0's per-group scales, which torch's int8 kernel lacks
+            tensor, self.planes = _int8_as_int4_planes(tensor), 2
         if tensor.group_size not in (32, 64, 128, 256):
             raise QuantizationError(
                 f"int4 group size {tensor.group_size}: torch's CPU kernel takes 32, 64, 128 or 256"
             )
         self.group_size = tensor.group_size
         # torch packs rows in sixteens: zero rows pad the weight, the output is cut back.
-        padding = -self.rows % 16
+        padding = -tensor.shape[0] % 16
         values = F.pad(tensor.values().to(torch.int32), (0, 0, 0, padding))
         self.int4_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 8)
         assert tensor.zeros is not None
@@ -295,19 +299,37 @@ class QuantizedMatmul:
             return quant_matmul(
                 x=x, qweight=t.qweight, scales=t.scales, zeros=t.zeros, bits=t.bits, group_size=t.group_size
             )
-        if self.bits == 8:
+        if hasattr(self, "int8_weight"):
             return torch.ops.aten._weight_int8pack_mm(x, self.int8_weight, self.int8_scales)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.int4_weight, self.group_size, self.int4_scales_and_zeros
         )
+        if self.planes == 2:  # high nibbles' products + low nibbles' (_int8_as_int4_planes)
+            return out[:, : self.rows] + out[:, self.rows : 2 * self.rows]
         return out if out.shape[1] == self.rows else out[:, : self.rows]
 
     def nbytes(self) -> int:
         if self.device.type != "cpu":
             t = self.tensor
             parts: Iterable[torch.Tensor | None] = (t.qweight, t.scales, t.zeros)
-        elif self.bits == 8:
+        elif hasattr(self, "int8_weight"):
             parts = (self.int8_weight, self.int8_scales)
         else:
             parts = (self.int4_weight, self.int4_scales_and_zeros)
         return sum(p.numel() * p.element_size() for p in parts if p is not None)
+
+
+def _int8_as_int4_planes(tensor: QuantizedTensor) -> QuantizedTensor:
+    """A grouped int8 weight (Q8_0) as an int4 weight of twice the rows, exactly: with
+    u = q + 128 = 16 hi + lo, w = q s = hi (16 s) - 128 s + lo s, so rows [0, N) hold the
+    high nibbles (scale 16 s, zero -128 s) and rows [N, 2N) the low ones (scale s, zero 0);
+    the matmul adds the two halves of its output. torch's CPU int8 kernel takes one scale
+    per channel only, and folding Q8_0's per-32 scales into one per channel loses precision
+    (the LM head's logits moved a mean KL of 0.002, docs/benchmarks.md); its int4 kernel
+    takes per-group scales, and at the default model's LM head two int4 planes ran faster
+    than the per-channel int8 kernel (1.7 against 2.6 ms)."""
+    u = tensor.qweight.to(torch.int32) + 128
+    planes = torch.cat([u >> 4, u & 15]).to(torch.uint8)
+    scales = torch.cat([16 * tensor.scales, tensor.scales])
+    zeros = torch.cat([-128 * tensor.scales, torch.zeros_like(tensor.scales)])
+    return QuantizedTensor(4, tensor.group_size, pack_int4(planes), scales, zeros)

@@ -137,13 +137,18 @@ def quantize_linears(
 ) -> dict[str, int]:
     """Give the model's `Linear` layers their quantized weights (after `load_weights`).
 
-    mode (EngineConfig.quantization): "none"; "auto" = the package's quantized tensors
+    mode (EngineConfig.quantization): "none"; "gguf" = the package's quantized tensors
     (`QUANTIZED_FILE`, written by `tritium package` from a GGUF) where a layer has them;
-    "int4" / "int8" = those of these bits, and every other layer quantized from its dense
+    "auto" = "gguf", except on CPU with float32 activations, where torch's weight-only
+    kernels are slower than the dense matmul (engine/quantization.py); "int4" / "int8" =
+    the stored tensors of these bits, and every other layer quantized from its dense
     weight. A fused layer (qkv, gate/up) takes stored tensors only when all its parts have
     them in one format. Returns {how: layers} ("Q4_1", "int4 at load", "dense" ...).
     """
     counts: dict[str, int] = {}
+    if mode == "auto" and device.type == "cpu" and dtype == torch.float32:
+        logger.info("quantization auto: dense weights (float32 on CPU, where the quantized kernels are slower)")
+        return counts
     if mode == "none":
         return counts
     path = Path(model_dir) / QUANTIZED_FILE
