@@ -23,6 +23,7 @@ import torch
 from gguf import GGMLQuantizationType as GgmlType
 from gguf import quants
 
+from benchmarks.quant_accuracy import transformers_on_gguf
 from engine.config import ConfigError, EngineConfig
 from engine.model_runner import ModelRunner
 from engine.models.layers import Linear
@@ -175,34 +176,20 @@ def quantized_llama(tmp_path_factory: pytest.TempPathFactory, default_weights_di
     return directory / "llama.gguf", weights_dir
 
 
-def _transformers_on_gguf(gguf_path: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """transformers' fp32 model of a GGUF and its dequantized tensors (its GGUF reader)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    config = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=skeleton)["tensors"]
-    model = AutoModelForCausalLM.from_config(config).float().eval()
-    model.load_state_dict(tensors, strict=False)  # rotary buffers are computed, not stored
-    return model, tensors
-
-
 def test_a_quantized_gguf_packages_its_blocks_in_transformers_order(quantized_llama: tuple[Path, Path]) -> None:
     gguf_path, weights_dir = quantized_llama
     stored = load_quantized(weights_dir / QUANTIZED_FILE)
     # 7 linear weights per layer and the output projection, nothing else (norms, embeddings: F32).
     assert len(stored) == 7 * 2 + 1
     assert {source for _, source in stored.values()} == {"Q4_0", "Q4_1"}
-    _, dequantized = _transformers_on_gguf(gguf_path)
+    _, dequantized = transformers_on_gguf(gguf_path)
     for name, (tensor, _) in stored.items():  # q/k rows back in Hugging Face order
         torch.testing.assert_close(tensor.dequantize(), dequantized[name], atol=0, rtol=0, msg=name)
 
 
 def test_the_engine_on_quantized_weights_equals_transformers_on_the_gguf(quantized_llama: tuple[Path, Path]) -> None:
     gguf_path, weights_dir = quantized_llama
-    reference, _ = _transformers_on_gguf(gguf_path)
+    reference, _ = transformers_on_gguf(gguf_path)
     prompt = [1, 500, 9000, 42, 77, 1234, 5, 31, 16, 2048, 3, 99]
     with torch.no_grad():
         theirs = reference(torch.tensor([prompt])).logits[0]
