@@ -100,10 +100,15 @@ PEER_STAGE = {
 
 def test_bars_compare_with_llama_server_at_every_level() -> None:
     bars = peer_bars(PEER_STAGE["results"])
-    assert [bar["met"] for bar in bars] == [False, False, True]
-    assert "(concurrency 32)" in bars[-1]["bar"]
-    assert bars[-1]["measured"] == "274.0 vs 188.0 tok/s (1.46x); TTFT p50 571 vs 301 ms"
+    assert [bar["met"] for bar in bars] == [False, False, False, False]
+    assert bars[2]["bar"] == "full-stack output tokens/s >= 2x llama-server's (concurrency 32)"
+    assert bars[2]["measured"] == "274.0 vs 188.0 tok/s (1.46x); TTFT p50 571 vs 301 ms"
+    assert bars[3] == {"bar": "TTFT p50 <= llama-server's (concurrency 32)",
+                       "measured": "571 vs 301 ms", "met": False}  # fmt: skip
     assert evaluate(None, None, PEER_STAGE) == bars
+    faster = {"tritium": {"levels": {"32": _level(400, 250)}},
+              "llama_server": {"levels": {"32": _level(188, 301)}}}  # fmt: skip
+    assert [bar["met"] for bar in peer_bars(faster)] == [True, True]
 
 
 def test_throughput_table_names_llama_server() -> None:
