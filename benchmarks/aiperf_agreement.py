@@ -82,7 +82,8 @@ def aiperf_command(args: argparse.Namespace, artifacts: Path) -> list[str]:
         "--concurrency", str(args.concurrency), "--request-count", str(args.num_prompts),
         "--warmup-request-count", str(args.concurrency),
         "--artifact-dir", str(artifacts), "--ui-type", "none",
-    ]  # fmt: skip
+    ] + (["--request-rate", f"{args.request_rate:g}", "--arrival-pattern", "poisson"]
+         if args.request_rate else [])  # fmt: skip
 
 
 def run_aiperf(args: argparse.Namespace) -> dict[str, float]:
@@ -102,7 +103,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
     config = BenchConfig(
         backend="openai-chat", url=args.url.rstrip("/") + "/v1", model=args.model,
         workload=WorkloadSpec("fixed", args.input_len, args.output_len, tokenizer_path=args.tokenizer),
-        loads=(Load(args.concurrency),), num_prompts=args.num_prompts,
+        loads=(Load(args.concurrency, request_rate=args.request_rate),), num_prompts=args.num_prompts,
         warmup_requests=args.concurrency, label="tritium bench", progress=False,
     )  # fmt: skip
     run = asyncio.run(run_bench(config))
@@ -139,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--num-prompts", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--request-rate", type=float, default=None,
+        help="Poisson arrivals at this rate, at most --concurrency in flight, in both tools "
+        "(default: closed loop; aiperf's closed loop busy-polls a core, which a 2-core server feels)",
+    )  # fmt: skip
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     ours, theirs = [], []

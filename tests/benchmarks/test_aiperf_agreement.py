@@ -34,7 +34,7 @@ def test_the_aiperf_command_matches_our_workload(tmp_path: Path) -> None:
 
     args = argparse.Namespace(
         aiperf="aiperf", model="m", url="http://h:1", tokenizer=tmp_path, input_len=64,
-        output_len=16, concurrency=4, num_prompts=12,
+        output_len=16, concurrency=4, num_prompts=12, request_rate=None,
     )  # fmt: skip
     command = aiperf_command(args, tmp_path / "artifacts")
     pairs = dict(zip(command[2::1], command[3::1], strict=False))
@@ -43,3 +43,7 @@ def test_the_aiperf_command_matches_our_workload(tmp_path: Path) -> None:
     assert pairs["--output-tokens-mean"] == "16" and pairs["--concurrency"] == "4"
     assert pairs["--extra-inputs"] == "ignore_eos:true"
     assert "--use-server-token-count" in command and "--streaming" in command
+    assert "--request-rate" not in command  # closed loop, as tritium bench's Load(4)
+    args.request_rate = 100.0
+    paced = aiperf_command(args, tmp_path / "artifacts")
+    assert paced[-4:] == ["--request-rate", "100", "--arrival-pattern", "poisson"]
