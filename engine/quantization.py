@@ -11,7 +11,7 @@ kernel's (`kernels/quant_matmul.py`) and the one `tritium package` writes from a
 - int8: `qweight` int8 [N, K], `scales` [N, K / group], no zeros; w = q * scale. GGUF Q8_0
   is group 32; `quantization: int8` of a dense checkpoint is per channel (group = K).
 
-Where it runs (`QuantizedMatmul.for_device`): on CPU torch's packed weight-only kernels
+Where it runs (`QuantizedMatmul`): on CPU torch's packed weight-only kernels
 (`_weight_int4pack_mm_for_cpu`, group 32..256, scale and zero in the activation dtype, and
 `_weight_int8pack_mm`, one scale per output channel; a Q8_0 tensor, whose scales are per 32
 columns, runs exactly as two int4 planes, `_int8_as_int4_planes`); on CUDA our Triton
@@ -268,8 +268,9 @@ class QuantizedMatmul:
             )
 
     def _prepare_cpu(self, tensor: QuantizedTensor, dtype: torch.dtype) -> None:
-        self.planes = 1
+        self.planes = 1  # 2: a grouped int8 weight as two int4 planes; 0: torch's int8 kernel
         if tensor.bits == 8 and tensor.group_size == self.columns:  # one scale per channel
+            self.planes = 0
             self.int8_weight = tensor.qweight.contiguous()
             self.int8_scales = tensor.scales[:, 0].to(dtype).contiguous()
             return
@@ -299,7 +300,7 @@ class QuantizedMatmul:
             return quant_matmul(
                 x=x, qweight=t.qweight, scales=t.scales, zeros=t.zeros, bits=t.bits, group_size=t.group_size
             )
-        if hasattr(self, "int8_weight"):
+        if self.planes == 0:
             return torch.ops.aten._weight_int8pack_mm(x, self.int8_weight, self.int8_scales)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.int4_weight, self.group_size, self.int4_scales_and_zeros
@@ -312,7 +313,7 @@ class QuantizedMatmul:
         if self.device.type != "cpu":
             t = self.tensor
             parts: Iterable[torch.Tensor | None] = (t.qweight, t.scales, t.zeros)
-        elif hasattr(self, "int8_weight"):
+        elif self.planes == 0:
             parts = (self.int8_weight, self.int8_scales)
         else:
             parts = (self.int4_weight, self.int4_scales_and_zeros)
