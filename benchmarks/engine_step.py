@@ -62,7 +62,7 @@ def memory_read_gb_per_s(size_mib: int = 1024, repeats: int = 5) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    parser.add_argument("--quantization", default="auto", choices=["auto", "none", "int4", "int8"],
+    parser.add_argument("--quantization", default="auto", choices=["auto", "gguf", "none", "int4", "int8"],
                         help="the engine parameter (auto: the package's GGUF tensors)")  # fmt: skip
     parser.add_argument("--num-seqs", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=128)

@@ -113,10 +113,10 @@ def binary_path(dest: Path = DEFAULT_DEST) -> Path:
 
 
 def build(dest: Path = DEFAULT_DEST, jobs: int | None = None, force: bool = False) -> Path:
-    """Download, configure and build llama-server and llama-perplexity into ``dest``; reuse a
-    llama-server already there."""
+    """Download, configure and build llama-server and llama-perplexity into ``dest``; reuse
+    them when both are there."""
     binary = binary_path(dest)
-    if binary.is_file() and not force:
+    if all((dest / target).is_file() for target in BUILD_TARGETS) and not force:
         print(f"{binary} exists (--force rebuilds)")
         return binary
     cmake = cmake_executable()

@@ -80,6 +80,7 @@ def test_unpack_refuses_an_archive_without_llama_cpp(tmp_path: Path) -> None:
 
 def test_build_reuses_a_binary_already_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "llama-server").write_text("")
+    (tmp_path / "llama-perplexity").write_text("")
     monkeypatch.setattr(peer, "_download", lambda _: pytest.fail("downloaded again"))
     assert peer.build(tmp_path) == tmp_path / "llama-server"
 
