@@ -5,6 +5,10 @@ they measure the same TTFT, inter-token latency and throughput?
     .venv/bin/python -m benchmarks.aiperf_agreement --url http://127.0.0.1:8000 \\
         --model smollm2-135m-instruct --tokenizer MODEL_DIR --aiperf .venv-aiperf/bin/aiperf
 
+On a small machine, give the clients cores of their own: start the server under
+`taskset -c 0` and pass `--client-cpus 1` (both tools then run on those CPUs only; aiperf,
+a subprocess, inherits the affinity), so neither tool's processes slow the server.
+
 Rounds alternate the two tools (tritium bench, aiperf, tritium bench, ...), so a machine
 whose load drifts affects both alike; each metric is the median over rounds. The names
 differ: aiperf's inter-token latency is our TPOT (docs/benchmarks.md, Metrics).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -127,6 +132,20 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_list(text: str) -> set[int]:
+    """`taskset -c` syntax: "1", "2,3", "4-7", "1,4-7"."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list like 1 or 2-3: {text!r}") from None
+    if not cpus:
+        raise argparse.ArgumentTypeError("an empty CPU list")
+    return cpus
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.aiperf_agreement", description=__doc__
@@ -145,8 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         help="Poisson arrivals at this rate, at most --concurrency in flight, in both tools "
         "(default: closed loop; aiperf's closed loop busy-polls a core, which a 2-core server feels)",
     )  # fmt: skip
+    parser.add_argument(
+        "--client-cpus", type=cpu_list, default=None,
+        help="run both tools on these CPUs only (taskset -c syntax, e.g. 1 or 2-3); "
+        "start the server on the others (default: wherever the OS puts them)",
+    )  # fmt: skip
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    if args.client_cpus is not None:
+        os.sched_setaffinity(0, args.client_cpus)  # aiperf's processes inherit it
     ours, theirs = [], []
     for number in range(args.rounds):
         print(f"round {number + 1} of {args.rounds}: tritium bench", file=sys.stderr, flush=True)

@@ -47,3 +47,16 @@ def test_the_aiperf_command_matches_our_workload(tmp_path: Path) -> None:
     args.request_rate = 100.0
     paced = aiperf_command(args, tmp_path / "artifacts")
     assert paced[-4:] == ["--request-rate", "100", "--arrival-pattern", "poisson"]
+
+
+def test_client_cpus_take_taskset_lists() -> None:
+    import argparse
+
+    import pytest
+
+    from benchmarks.aiperf_agreement import cpu_list
+
+    assert cpu_list("1") == {1}
+    assert cpu_list("1,4-6") == {1, 4, 5, 6}
+    with pytest.raises(argparse.ArgumentTypeError, match="CPU list"):
+        cpu_list("one")
