@@ -130,8 +130,12 @@ async def run_bench(config: BenchConfig) -> RunResult:
             failures = [record.error for record in records if not record.ok]
             if records and len(failures) == len(records):
                 raise RuntimeError(f"every warm-up request failed, e.g. {failures[0]}")
-        requests = config.workload.build(config.num_prompts)
+        # Each load gets prompts of its own: the server's prefix cache keeps what earlier
+        # loads sent, and the same prompts again would be prefilled from it.
+        count = config.num_prompts
+        every = config.workload.build(count * len(config.loads))
         for index, load in enumerate(config.loads):
+            requests = every[index * count : (index + 1) * count]
             progress = Progress(len(requests), f"{config.label} {load.label}", config.progress)
             seed = config.workload.seed + index
             records, duration = await run_load(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -86,14 +87,19 @@ def workload(tokenizer_dir: Path | None) -> WorkloadSpec:
 
 def bench(label: str, backend: str, url: str, model: str, spec: WorkloadSpec,
           levels: tuple[tuple[int, int], ...], extra_body: dict[str, Any] | None = None,
-          single_slot: bool = False) -> RunResult:  # fmt: skip
+          single_slot: bool = False, seed: int = 0) -> RunResult:  # fmt: skip
     """One run per level (each with its own request count), merged into one result.
     llama-cpp-python's single-slot server gets no ignore_eos (the extra body says how it keeps
-    generating), may lack usage, and is warmed up by one request (it batches nothing)."""
+    generating), may lack usage, and is warmed up by one request (it batches nothing).
+
+    Prompts come from `seed` + the level's concurrency: two runs against one server pass
+    different seeds, or the second is prefilled from the prefix cache the first filled; the
+    peers get the same seed (each server sees those prompts fresh)."""
     merged: RunResult | None = None
     for concurrency, num_prompts in levels:
+        level_spec = dataclasses.replace(spec, seed=spec.seed + seed + concurrency)
         config = BenchConfig(
-            backend=backend, url=url, model=model, workload=spec, loads=(Load(concurrency),),
+            backend=backend, url=url, model=model, workload=level_spec, loads=(Load(concurrency),),
             # A whole wave warms every batch shape (ours, llama-server's).
             num_prompts=num_prompts, warmup_requests=1 if single_slot else concurrency,
             time_limit_s=LEVEL_TIME_LIMIT_S, extra_body=extra_body or {}, label=label,
@@ -181,11 +187,12 @@ def stage_compare(work_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
         results["triton_direct"] = facts(direct, BAR_CONCURRENCY, cpu)
         adapter, cpu = measure_with_cpu(
             roots, lambda: bench("tritium: adapter", "openai-completions", endpoints.openai_url,
-                                 MODEL_NAME, spec, c32)
+                                 MODEL_NAME, spec, c32, seed=1000)
         )  # fmt: skip
         results["adapter"] = facts(adapter, BAR_CONCURRENCY, cpu)
         sweep = bench(
-            "tritium", "openai-completions", endpoints.openai_url, MODEL_NAME, spec, SWEEP[:-1]
+            "tritium", "openai-completions", endpoints.openai_url, MODEL_NAME, spec, SWEEP[:-1],
+            seed=2000,
         )
         sweep.levels.append(measured(adapter, BAR_CONCURRENCY))
         results["adapter_concurrency_1"] = facts(sweep, 1)

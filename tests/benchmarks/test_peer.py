@@ -115,3 +115,25 @@ def test_bars_compare_with_llama_server_at_every_level() -> None:
 def test_throughput_table_names_llama_server() -> None:
     lines = throughput_table(None, None, PEER_STAGE)
     assert "| llama.cpp llama-server, 32 slots (concurrency 32) | 188.0 |" in lines
+
+
+def test_suite_levels_and_runs_on_one_server_send_different_prompts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks import suite
+    from benchmarks.report import RunResult
+    from benchmarks.workloads import WorkloadSpec
+
+    seeds: list[int] = []
+
+    async def fake_run_bench(config):  # noqa: ANN001, ANN202
+        seeds.append(config.workload.seed)
+        return RunResult("x", {}, [])
+
+    monkeypatch.setattr(suite, "run_bench", fake_run_bench)
+    spec = WorkloadSpec("fixed", 8, 2)
+    suite.bench("a", "openai-completions", "http://x", "m", spec, ((1, 4), (8, 8)))
+    suite.bench("b", "openai-completions", "http://x", "m", spec, ((1, 4),), seed=1000)
+    assert len(set(seeds)) == 3
+    suite.bench("peer", "openai-completions", "http://y", "m", spec, ((1, 4), (8, 8)))
+    assert seeds[3:] == seeds[:2]  # another server gets the same prompts

@@ -209,3 +209,30 @@ def test_without_matplotlib_the_other_files_are_written(
     paths = write_all([RunResult("ours", {}, levels)], tmp_path, "r", "T")
     assert {path.name for path in paths} == {"r.json", "r.csv", "r.md"}
     assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_each_load_of_a_run_sends_prompts_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's prefix cache keeps what an earlier load sent: a later load repeating those
+    prompts would be prefilled from it, and measure the cache rather than the server."""
+    from benchmarks import bench
+
+    class Recording(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.prompts: list[str] = []
+
+        async def send(self, request, record: RequestRecord) -> None:  # noqa: ANN001
+            self.prompts.append(request.as_text())
+            await super().send(request, record)
+
+    backend = Recording()
+    monkeypatch.setattr(bench, "make_backend", lambda config, model: backend)
+    config = bench.BenchConfig(
+        backend="openai-chat", url="http://unused", model="m",
+        workload=WorkloadSpec(input_len=8, output_len=2),
+        loads=(Load(2), Load(4)), num_prompts=6, warmup_requests=0, progress=False,
+    )  # fmt: skip
+    run = asyncio.run(bench.run_bench(config))
+    assert [level.summary.completed for level in run.levels] == [6, 6]
+    first, second = set(backend.prompts[:6]), set(backend.prompts[6:])
+    assert len(first) == len(second) == 6 and not first & second
