@@ -51,6 +51,42 @@ def aiperf_summary(export: dict[str, Any]) -> dict[str, float]:
     return {ours: float(export[name][stat]) for ours, (name, stat) in METRICS.items()}
 
 
+# The adapter's own clock: from a request's arrival to its first generated text.
+SERVER_TTFT = "tritium_adapter_time_to_first_token_seconds"
+
+
+def server_ttft_totals(url: str) -> tuple[float, float] | None:
+    """(sum of seconds, count) of the adapter's TTFT histogram, over its models; None when
+    the server has no such metric (not our adapter)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    totals = {"_sum": 0.0, "_count": 0.0}
+    found = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            suffix = sample.name.removeprefix(SERVER_TTFT)
+            if sample.name.startswith(SERVER_TTFT) and suffix in totals:
+                totals[suffix] += sample.value
+                found = True
+    return (totals["_sum"], totals["_count"]) if found else None
+
+
+def with_server_ttft(url: str, run: Any) -> dict[str, float]:
+    """`run()`'s metrics, plus the adapter's own mean TTFT over the requests of that round
+    (warm-up included) when the server exposes it: a witness that is neither tool."""
+    before = server_ttft_totals(url)
+    result = dict(run())
+    after = server_ttft_totals(url)
+    if before is not None and after is not None and after[1] > before[1]:
+        result["server_ttft_mean_ms"] = (after[0] - before[0]) / (after[1] - before[1]) * 1e3
+    return result
+
+
 def ours_summary(summary: Any) -> dict[str, float]:
     return {
         "ttft_mean_ms": summary.ttft.mean_ms,
@@ -137,6 +173,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {metric} | {row['tritium_bench']:.2f} | {row['aiperf']:.2f} "
             f"| {row['relative_difference']:.1%}{mark} |"
         )
+    lines += ["", "| round | tool | TTFT mean (ms) | the adapter's own TTFT mean (ms) | TPOT mean (ms) |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    rounds = result["rounds"]
+    for number, pair in enumerate(zip(rounds["tritium_bench"], rounds["aiperf"], strict=True)):
+        for tool, row in zip(("tritium bench", "aiperf"), pair, strict=True):
+            server = row.get("server_ttft_mean_ms")
+            lines.append(
+                f"| {number + 1} | {tool} | {row['ttft_mean_ms']:.1f} "
+                f"| {'-' if server is None else f'{server:.1f}'} | {row['tpot_mean_ms']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -185,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [random.randrange(1 << 30) for _ in range(args.rounds)]  # fresh prompts per round
     for number in range(args.rounds):
         print(f"round {number + 1} of {args.rounds}: tritium bench", file=sys.stderr, flush=True)
-        ours.append(run_ours(args, seeds[number]))
+        ours.append(with_server_ttft(args.url, lambda n=number: run_ours(args, seeds[n])))
         print(f"round {number + 1} of {args.rounds}: aiperf", file=sys.stderr, flush=True)
-        theirs.append(run_aiperf(args))
+        theirs.append(with_server_ttft(args.url, lambda: run_aiperf(args)))
     settings = {key: str(value) for key, value in vars(args).items()}
     result = {
         "settings": settings,

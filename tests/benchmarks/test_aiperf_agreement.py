@@ -60,3 +60,25 @@ def test_client_cpus_take_taskset_lists() -> None:
     assert cpu_list("1,4-6") == {1, 4, 5, 6}
     with pytest.raises(argparse.ArgumentTypeError, match="CPU list"):
         cpu_list("one")
+
+
+def test_the_adapters_own_ttft_is_read_from_its_metrics(monkeypatch) -> None:  # noqa: ANN001
+    import httpx
+
+    from benchmarks import aiperf_agreement
+
+    scrapes = iter([(1.0, 10.0), (4.0, 20.0)])
+
+    def fake_get(url: str, timeout: float) -> httpx.Response:
+        total, count = next(scrapes)
+        name = aiperf_agreement.SERVER_TTFT
+        text = (
+            f"# TYPE {name} histogram\n"
+            f'{name}_bucket{{le="+Inf",model="m"}} {count}\n'
+            f'{name}_count{{model="m"}} {count}\n{name}_sum{{model="m"}} {total}\n'
+        )
+        return httpx.Response(200, text=text)
+
+    monkeypatch.setattr(httpx, "get", fake_get)
+    row = aiperf_agreement.with_server_ttft("http://h", lambda: {"ttft_mean_ms": 290.0})
+    assert row["server_ttft_mean_ms"] == 300.0  # (4 - 1) s over 10 requests
