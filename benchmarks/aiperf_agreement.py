@@ -51,13 +51,16 @@ def aiperf_summary(export: dict[str, Any]) -> dict[str, float]:
     return {ours: float(export[name][stat]) for ours, (name, stat) in METRICS.items()}
 
 
-# The adapter's own clock: from a request's arrival to its first generated text.
+# The adapter's own clock: from a request's arrival to its first generated text, and to the
+# end of its response body (per route).
 SERVER_TTFT = "tritium_adapter_time_to_first_token_seconds"
+SERVER_DURATION = "tritium_adapter_request_duration_seconds"
+CHAT_ROUTE = "/v1/chat/completions"
 
 
-def server_ttft_totals(url: str) -> tuple[float, float] | None:
-    """(sum of seconds, count) of the adapter's TTFT histogram, over its models; None when
-    the server has no such metric (not our adapter)."""
+def server_totals(url: str) -> dict[str, float] | None:
+    """The adapter's TTFT histogram (sum of seconds, count; over its models) and its chat
+    route's duration histogram; None when the server has no such metrics (not our adapter)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -65,25 +68,35 @@ def server_ttft_totals(url: str) -> tuple[float, float] | None:
         text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
     except httpx.HTTPError:
         return None
-    totals = {"_sum": 0.0, "_count": 0.0}
-    found = False
+    totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            suffix = sample.name.removeprefix(SERVER_TTFT)
-            if sample.name.startswith(SERVER_TTFT) and suffix in totals:
-                totals[suffix] += sample.value
-                found = True
-    return (totals["_sum"], totals["_count"]) if found else None
+            for prefix, kind in ((SERVER_TTFT, "ttft"), (SERVER_DURATION, "duration")):
+                suffix = sample.name.removeprefix(prefix)
+                if kind == "duration" and sample.labels.get("route") != CHAT_ROUTE:
+                    continue
+                if sample.name.startswith(prefix) and suffix in ("_sum", "_count"):
+                    key = kind + suffix
+                    totals[key] = totals.get(key, 0.0) + sample.value
+    return totals if len(totals) == 4 else None
 
 
-def with_server_ttft(url: str, run: Any) -> dict[str, float]:
-    """`run()`'s metrics, plus the adapter's own mean TTFT over the requests of that round
-    (warm-up included) when the server exposes it: a witness that is neither tool."""
-    before = server_ttft_totals(url)
+def with_server_clock(url: str, output_len: int, run: Any) -> dict[str, float]:
+    """`run()`'s metrics, plus the adapter's own means over the requests of that round
+    (warm-up included) when the server exposes them: a witness that is neither tool. Its
+    TPOT is (duration - TTFT) / (output_len - 1), the same definition, since every request
+    makes exactly output_len tokens (ignore_eos)."""
+    before = server_totals(url)
     result = dict(run())
-    after = server_ttft_totals(url)
-    if before is not None and after is not None and after[1] > before[1]:
-        result["server_ttft_mean_ms"] = (after[0] - before[0]) / (after[1] - before[1]) * 1e3
+    after = server_totals(url)
+    if before is None or after is None:
+        return result
+    delta = {key: after[key] - before[key] for key in after}
+    if delta["ttft_count"] > 0:
+        result["server_ttft_mean_ms"] = delta["ttft_sum"] / delta["ttft_count"] * 1e3
+    if delta["duration_count"] > 0 and output_len > 1:
+        generating = delta["duration_sum"] - delta["ttft_sum"]
+        result["server_tpot_mean_ms"] = generating / delta["duration_count"] / (output_len - 1) * 1e3
     return result
 
 
@@ -173,16 +186,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {metric} | {row['tritium_bench']:.2f} | {row['aiperf']:.2f} "
             f"| {row['relative_difference']:.1%}{mark} |"
         )
-    lines += ["", "| round | tool | TTFT mean (ms) | the adapter's own TTFT mean (ms) | TPOT mean (ms) |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "Each round, the tool's means and the adapter's own (its /metrics, the same requests):",
+              "", "| round | tool | TTFT mean (ms): tool / adapter | TPOT mean (ms): tool / adapter |",
+              "|---|---|---|---|"]  # fmt: skip
     rounds = result["rounds"]
+
+    def cell(row: dict[str, float], metric: str) -> str:
+        server = row.get(f"server_{metric}_mean_ms")
+        return f"{row[f'{metric}_mean_ms']:.1f} / {'-' if server is None else f'{server:.1f}'}"
+
     for number, pair in enumerate(zip(rounds["tritium_bench"], rounds["aiperf"], strict=True)):
         for tool, row in zip(("tritium bench", "aiperf"), pair, strict=True):
-            server = row.get("server_ttft_mean_ms")
-            lines.append(
-                f"| {number + 1} | {tool} | {row['ttft_mean_ms']:.1f} "
-                f"| {'-' if server is None else f'{server:.1f}'} | {row['tpot_mean_ms']:.1f} |"
-            )
+            lines.append(f"| {number + 1} | {tool} | {cell(row, 'ttft')} | {cell(row, 'tpot')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,9 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [random.randrange(1 << 30) for _ in range(args.rounds)]  # fresh prompts per round
     for number in range(args.rounds):
         print(f"round {number + 1} of {args.rounds}: tritium bench", file=sys.stderr, flush=True)
-        ours.append(with_server_ttft(args.url, lambda n=number: run_ours(args, seeds[n])))
+        ours.append(
+            with_server_clock(args.url, args.output_len, lambda n=number: run_ours(args, seeds[n]))
+        )
         print(f"round {number + 1} of {args.rounds}: aiperf", file=sys.stderr, flush=True)
-        theirs.append(with_server_ttft(args.url, lambda: run_aiperf(args)))
+        theirs.append(with_server_clock(args.url, args.output_len, lambda: run_aiperf(args)))
     settings = {key: str(value) for key, value in vars(args).items()}
     result = {
         "settings": settings,

@@ -62,23 +62,29 @@ def test_client_cpus_take_taskset_lists() -> None:
         cpu_list("one")
 
 
-def test_the_adapters_own_ttft_is_read_from_its_metrics(monkeypatch) -> None:  # noqa: ANN001
+def test_the_adapters_own_clock_is_read_from_its_metrics(monkeypatch) -> None:  # noqa: ANN001
     import httpx
 
     from benchmarks import aiperf_agreement
 
-    scrapes = iter([(1.0, 10.0), (4.0, 20.0)])
+    # (TTFT sum, TTFT count, chat duration sum, chat duration count), before and after
+    scrapes = iter([(1.0, 10.0, 5.0, 10.0), (4.0, 20.0, 14.0, 20.0)])
 
     def fake_get(url: str, timeout: float) -> httpx.Response:
-        total, count = next(scrapes)
-        name = aiperf_agreement.SERVER_TTFT
+        ttft_sum, ttft_count, duration_sum, duration_count = next(scrapes)
+        ttft, duration = aiperf_agreement.SERVER_TTFT, aiperf_agreement.SERVER_DURATION
         text = (
-            f"# TYPE {name} histogram\n"
-            f'{name}_bucket{{le="+Inf",model="m"}} {count}\n'
-            f'{name}_count{{model="m"}} {count}\n{name}_sum{{model="m"}} {total}\n'
+            f"# TYPE {ttft} histogram\n"
+            f'{ttft}_count{{model="m"}} {ttft_count}\n{ttft}_sum{{model="m"}} {ttft_sum}\n'
+            f"# TYPE {duration} histogram\n"
+            f'{duration}_count{{route="/v1/chat/completions"}} {duration_count}\n'
+            f'{duration}_sum{{route="/v1/chat/completions"}} {duration_sum}\n'
+            f'{duration}_count{{route="/metrics"}} 99\n{duration}_sum{{route="/metrics"}} 9\n'
         )
         return httpx.Response(200, text=text)
 
     monkeypatch.setattr(httpx, "get", fake_get)
-    row = aiperf_agreement.with_server_ttft("http://h", lambda: {"ttft_mean_ms": 290.0})
+    row = aiperf_agreement.with_server_clock("http://h", 16, lambda: {"ttft_mean_ms": 290.0})
     assert row["server_ttft_mean_ms"] == 300.0  # (4 - 1) s over 10 requests
+    # (9 s of durations - 3 s to first tokens) over 10 requests of 15 gaps each
+    assert row["server_tpot_mean_ms"] == 40.0
