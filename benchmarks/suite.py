@@ -303,7 +303,7 @@ def check_usage(base_url: str, spec: WorkloadSpec, extra: dict[str, Any]) -> dic
 
 
 def offline_engine(weights_dir: Path, spec: WorkloadSpec) -> dict[str, Any]:
-    """The engine alone on the same prompts (token ids of the same texts), 32 running."""
+    """The engine alone on prompts of the same workload (token ids of such texts), 32 running."""
     from tokenizers import Tokenizer
 
     from benchmarks.engine_offline import run_engine
