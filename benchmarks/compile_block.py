@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.engine_offline import _default_weights_dir
+from benchmarks.engine_offline import default_weights_dir
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
 
@@ -58,7 +58,7 @@ def first_mlp_block() -> tuple[tuple, Callable[[], tuple[torch.Tensor, torch.Ten
     engine's own eager code for the same block."""
     parameters = {"dtype": "bfloat16", "quantization": "gguf", "kv_num_blocks": "4",
                   "max_model_len": "64"}  # fmt: skip
-    runner = ModelRunner(EngineConfig.from_parameters(_default_weights_dir(), parameters))
+    runner = ModelRunner(EngineConfig.from_parameters(default_weights_dir(), parameters))
     layer, ops = runner.model.layers[0], runner.ops
     gate_up, down = layer.mlp.gate_up_proj.quantized, layer.mlp.down_proj.quantized
     if gate_up is None or down is None or gate_up.planes != 1 or down.planes != 1:

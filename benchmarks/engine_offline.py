@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=None, help="write <output>.json and <output>.md")
     args = parser.parse_args(argv)
 
-    weights_dir = args.weights_dir or _default_weights_dir()
+    weights_dir = args.weights_dir or default_weights_dir()
     vocab_size = json.loads((weights_dir / "config.json").read_text())["vocab_size"]
     prompts = synthetic_prompts(args.num_requests, args.input_len, vocab_size)
     sequential = prompts[: args.sequential_requests]
@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         args.output.with_suffix(".md").write_text(report)
 
 
-def _default_weights_dir() -> Path:
+def default_weights_dir() -> Path:
+    """The default model's weights/, packaged into .cache/models on first use (reused after);
+    every benchmark that runs the default model takes it from here."""
     from engine.package import package_model
 
     cache = Path(__file__).resolve().parents[1] / ".cache" / "models"

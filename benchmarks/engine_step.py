@@ -22,7 +22,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.engine_offline import _default_weights_dir, synthetic_prompts
+from benchmarks.engine_offline import default_weights_dir, synthetic_prompts
 from engine.api import GenerationRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine, PreparedRequest
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
 
-    weights_dir = _default_weights_dir()
+    weights_dir = default_weights_dir()
     parameters = {"max_num_seqs": str(args.num_seqs), "max_num_batched_tokens": "512",
                   "max_model_len": "2048", "kv_cache_memory_mb": "1024", "dtype": args.dtype,
                   "quantization": args.quantization, "num_threads": str(args.num_threads)}  # fmt: skip

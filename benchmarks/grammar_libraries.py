@@ -217,7 +217,8 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
-    from benchmarks.structured_outputs import default_weights_dir, long_schema
+    from benchmarks.engine_offline import default_weights_dir
+    from benchmarks.structured_outputs import long_schema
 
     weights_dir = args.weights_dir or default_weights_dir()
     hf_tokenizer = AutoTokenizer.from_pretrained(str(weights_dir), local_files_only=True)

@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
 
-    from benchmarks.engine_offline import _default_weights_dir
+    from benchmarks.engine_offline import default_weights_dir
     from benchmarks.peer import DEFAULT_DEST
 
-    gguf_path, weights_dir = default_gguf_path(), _default_weights_dir()
+    gguf_path, weights_dir = default_gguf_path(), default_weights_dir()
     reference, _ = transformers_on_gguf(gguf_path)
     from transformers import AutoTokenizer
 

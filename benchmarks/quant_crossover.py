@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
 
-    from benchmarks.engine_offline import _default_weights_dir
+    from benchmarks.engine_offline import default_weights_dir
 
     parameters = {"dtype": "bfloat16", "quantization": "gguf", "kv_num_blocks": "4", "max_model_len": "64"}
-    runner = ModelRunner(EngineConfig.from_parameters(_default_weights_dir(), parameters))
+    runner = ModelRunner(EngineConfig.from_parameters(default_weights_dir(), parameters))
     layers = [m for m in runner.model.modules() if isinstance(m, Linear) and m.quantized is not None]
     head = runner.model.lm_head
     body = [layer for layer in layers if layer is not head]

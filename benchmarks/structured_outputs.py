@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.engine_offline import default_weights_dir
 from engine.api import GenerationOutput, GenerationRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -72,14 +73,6 @@ def large_schema(tag: str, num_properties: int = LARGE_SCHEMA_PROPERTIES) -> dic
     ]  # fmt: skip
     properties = {f"p{i}_{tag}": kinds[i % len(kinds)] for i in range(num_properties)}
     return {"type": "object", "properties": properties, "required": list(properties)[::3]}
-
-
-def default_weights_dir() -> Path:
-    """The default model's weights/, packaged into .cache on first use."""
-    from engine.package import package_model
-
-    cache = Path(__file__).resolve().parents[1] / ".cache" / "models"
-    return package_model("default", "smollm2-135m-instruct", cache, progress=False) / "weights"
 
 
 # -- 1. per decode step ----------------------------------------------------------------------

@@ -74,13 +74,6 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def default_weights_dir() -> Path:
-    from engine.package import package_model
-
-    cache = REPO_ROOT / ".cache" / "models"
-    return package_model("default", MODEL_NAME, cache, progress=False) / "weights"
-
-
 def workload(tokenizer_dir: Path | None) -> WorkloadSpec:
     return WorkloadSpec("fixed", INPUT_LEN, OUTPUT_LEN, tokenizer_path=tokenizer_dir)
 
@@ -165,6 +158,7 @@ def stage_null(work_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
 
 
 def stage_compare(work_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
+    from benchmarks.engine_offline import default_weights_dir
     from engine.package import package_model
 
     weights_dir = default_weights_dir()
@@ -208,6 +202,8 @@ def stage_peer(work_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
     binary = peer.binary_path()
     if not binary.is_file():
         raise peer.PeerError(f"{binary} is missing: `python -m benchmarks.peer build` first")
+    from benchmarks.engine_offline import default_weights_dir
+
     weights_dir = default_weights_dir()
     spec = workload(weights_dir)
     gguf = default_gguf_path()
@@ -349,7 +345,7 @@ def offline_first_token_ms(weights_dir: Path, spec: WorkloadSpec, repeats: int =
 def stage_hf(work_dir: Path) -> tuple[dict[str, Any], list[RunResult]]:
     from tokenizers import Tokenizer
 
-    from benchmarks.engine_offline import run_hf
+    from benchmarks.engine_offline import default_weights_dir, run_hf
 
     weights_dir = default_weights_dir()
     tokenizer = Tokenizer.from_file(str(weights_dir / "tokenizer.json"))
