@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,26 +69,28 @@ def server_totals(url: str) -> dict[str, float] | None:
         text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
     except httpx.HTTPError:
         return None
+    kinds = {SERVER_TTFT: "ttft", SERVER_DURATION: "duration"}
     totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            for prefix, kind in ((SERVER_TTFT, "ttft"), (SERVER_DURATION, "duration")):
-                suffix = sample.name.removeprefix(prefix)
-                if kind == "duration" and sample.labels.get("route") != CHAT_ROUTE:
-                    continue
-                if sample.name.startswith(prefix) and suffix in ("_sum", "_count"):
-                    key = kind + suffix
-                    totals[key] = totals.get(key, 0.0) + sample.value
+    for family in text_string_to_metric_families(text):  # a histogram's family: its base name
+        kind = kinds.get(family.name)
+        for sample in family.samples if kind else ():
+            if kind == "duration" and sample.labels.get("route") != CHAT_ROUTE:
+                continue
+            suffix = sample.name.removeprefix(family.name)
+            if suffix in ("_sum", "_count"):
+                totals[kind + suffix] = totals.get(kind + suffix, 0.0) + sample.value
     return totals if len(totals) == 4 else None
 
 
-def with_server_clock(url: str, output_len: int, run: Any) -> dict[str, float]:
+def with_server_clock(
+    url: str, output_len: int, run: Callable[[], dict[str, float]]
+) -> dict[str, float]:
     """`run()`'s metrics, plus the adapter's own means over the requests of that round
     (warm-up included) when the server exposes them: a witness that is neither tool. Its
     TPOT is (duration - TTFT) / (output_len - 1), the same definition, since every request
     makes exactly output_len tokens (ignore_eos)."""
     before = server_totals(url)
-    result = dict(run())
+    result = run()
     after = server_totals(url)
     if before is None or after is None:
         return result
