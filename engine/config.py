@@ -188,6 +188,10 @@ class EngineConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     use_kernels: str = "auto"  # "auto" = Triton kernels on CUDA, torch on CPU; "on" / "off"
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    # Decode steps through the model's forward compiled whole (engine/decode_graph.py):
+    # "auto" = on CPU with the torch backend and a dense model, "on" (an error where it
+    # cannot be), "off".
+    compile_decode: str = "auto"
     # How the model writes tool calls (contract.tools.FORMATS); "" = read from the chat
     # template. "generic": the template takes no tools, the engine writes the tool prompt.
     tool_call_format: str = ""
@@ -207,6 +211,10 @@ class EngineConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.use_kernels not in ("auto", "on", "off"):
             raise ConfigError(f"use_kernels must be auto, on or off, got {self.use_kernels!r}")
+        if self.compile_decode not in ("auto", "on", "off"):
+            raise ConfigError(
+                f"compile_decode must be auto, on or off, got {self.compile_decode!r}"
+            )
         if self.quantization not in QUANTIZATION_MODES:
             raise ConfigError(
                 f"quantization must be {', '.join(QUANTIZATION_MODES)}, got {self.quantization!r}"
@@ -297,6 +305,7 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "device": ("engine.device", _str),
     "use_kernels": ("engine.use_kernels", _str),
     "num_threads": ("engine.num_threads", _int),
+    "compile_decode": ("engine.compile_decode", _str),
     "tool_call_format": ("engine.tool_call_format", _str),
     "quantization": ("engine.quantization", _str),
     "quantized_max_rows": ("engine.quantized_max_rows", _int_or_auto),
@@ -315,6 +324,8 @@ PARAMETER_HELP: dict[str, str] = {
     "device": "auto, cpu or cuda (auto: cuda when available)",
     "use_kernels": "auto, on or off: Triton kernels instead of torch ops (auto: on with CUDA)",
     "num_threads": "torch intra-op threads on CPU (default 0: torch's choice)",
+    "compile_decode": "auto, on or off: decode steps through the forward compiled whole with "
+    "torch.compile, at load (auto: on CPU with the torch backend, dense models; needs g++)",
     "tool_call_format": "how the model writes tool calls: hermes, generic, llama3_json or mistral "
     "(default: read from the chat template; `tritium package` writes it)",
     "quantization": "weight-only quantized linear layers: auto, gguf, none, int4 or int8 (gguf: a "

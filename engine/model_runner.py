@@ -9,7 +9,9 @@ tokens those may be.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
 from typing import Protocol
@@ -18,12 +20,15 @@ import torch
 
 from engine.attention import build_attention_metadata
 from engine.config import ConfigError, EngineConfig
+from engine.decode_graph import DecodeGraph, GraphMiss, can_compile
 from engine.models import model_class
-from engine.models.layers import KVCache
+from engine.models.layers import KVCache, Linear
 from engine.ops import Ops, TorchOps
 from engine.request import Sequence
 from engine.sampler import Sampler, SampleResult, SamplingBackend, TorchSampling
 from engine.weights import load_weights, quantize_linears
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -74,22 +79,73 @@ class ModelRunner:
             * element_bytes
         )
         self.num_blocks: int = self._count_blocks()
-        # [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]; zeros so that
-        # padding slots a backend may read (masked out) are never NaN.
-        self.kv_cache = torch.zeros(
-            model_config.num_layers,
-            2,
-            self.num_blocks,
-            self.block_size,
-            model_config.num_kv_heads,
-            model_config.head_dim,
-            dtype=self.dtype,
-            device=self.device,
-        )
-        self.kv_caches: list[KVCache] = [(layer[0], layer[1]) for layer in self.kv_cache]
+        graph_rows = self._decode_graph_rows()
+        # Per layer, K and V: [num_blocks, block_size, num_kv_heads, head_dim] each, their
+        # own tensors (a compiled step writes into them in place; views of one tensor would
+        # be copied whole). Zeros, so that padding slots a backend may read (masked out) are
+        # never NaN. A compiled decode step gets one more block, the scratch block of its
+        # warm-up, which the block manager never hands out.
+        cache_blocks = self.num_blocks + (graph_rows is not None)
+        self.kv_caches: list[KVCache] = [
+            tuple(  # type: ignore[misc]
+                torch.zeros(
+                    cache_blocks,
+                    self.block_size,
+                    model_config.num_kv_heads,
+                    model_config.head_dim,
+                    dtype=self.dtype,
+                    device=self.device,
+                )
+                for _ in range(2)
+            )
+            for _ in range(model_config.num_layers)
+        ]
+        self.decode_graph: DecodeGraph | None = None
+        if graph_rows is not None:
+            self.decode_graph = DecodeGraph(
+                self.model, self.kv_caches, self.block_size, graph_rows, self.num_blocks
+            )
+            seconds = self.decode_graph.compile()
+            logger.info(
+                "decode steps of up to %d rows compiled in %.1f s (compile_decode)",
+                graph_rows,
+                seconds,
+            )
         self.sampler = Sampler(
             model_config.vocab_size, model_config.eos_token_ids, backend=sampling
         )
+
+    def _decode_graph_rows(self) -> int | None:
+        """The most rows of the compiled decode step (engine/decode_graph.py) when
+        `compile_decode` asks for it and it can serve this model here, else None; "on"
+        where it cannot is an error."""
+        wanted = self.config.compile_decode
+        if wanted == "off":
+            return None
+        reason = can_compile(self.model, self.device)
+        if reason is None and not isinstance(self.ops, TorchOps):
+            reason = "the Triton kernel backend (use_kernels) runs the forward"
+        if reason is not None:
+            if wanted == "on":
+                raise ConfigError(f"compile_decode=on: {reason}; set compile_decode=off or auto")
+            logger.info("decode steps run eagerly: %s", reason)
+            return None
+        # The graph covers the batch sizes whose matmuls all take one path: up to the
+        # smallest quantized_max_rows of the layers' quantized weights (or every batch and
+        # its padding row when nothing is quantized); one sequence is padded to two rows.
+        limits = [
+            module.max_quantized_rows
+            for module in self.model.layers.modules()
+            if isinstance(module, Linear) and module.quantized is not None
+        ]
+        max_rows = min([self.config.scheduler.max_num_seqs + 1, *limits])
+        if max_rows < 2:
+            if wanted == "on":
+                raise ConfigError(
+                    "compile_decode=on: quantized_max_rows below 2 leaves no step to compile"
+                )
+            return None
+        return max_rows
 
     def _count_blocks(self) -> int:
         cache = self.config.cache
@@ -121,16 +177,33 @@ class ModelRunner:
         for chunk in chunks:
             input_ids.extend(chunk.seq.token_ids[chunk.start : chunk.start + chunk.num_new_tokens])
         sample_flags = [chunk.sample for chunk in chunks]
+        starts = [chunk.start for chunk in chunks]
+        query_lens = [chunk.num_new_tokens for chunk in chunks]
+        block_ids: list[SequenceOf[int | None]] = [chunk.seq.block_ids for chunk in chunks]
+        graph = self.decode_graph
+        padding = graph.fit(starts, query_lens) if graph is not None else None
+        if padding is None:
+            graph = None
+        for start, blocks in padding or ():  # rows that sample nothing, after the real ones
+            starts.append(start)
+            block_ids.append(blocks)
+            query_lens.append(1)
+            input_ids.append(0)
         metadata = build_attention_metadata(
-            starts=[chunk.start for chunk in chunks],
-            query_lens=[chunk.num_new_tokens for chunk in chunks],
-            block_ids=[chunk.seq.block_ids for chunk in chunks],
-            sample_flags=sample_flags,
+            starts=starts,
+            query_lens=query_lens,
+            block_ids=block_ids,
+            sample_flags=sample_flags + [False] * (len(starts) - len(chunks)),
             block_size=self.block_size,
             device=self.device,
         )
         tokens = torch.tensor(input_ids, dtype=torch.int64).to(self.device)
-        hidden = self.model(tokens, metadata, self.kv_caches, self.ops)  # [T, hidden]
+        hidden = None
+        if graph is not None:
+            with contextlib.suppress(GraphMiss):  # logged by the graph; the step runs eagerly
+                hidden = graph(tokens, metadata)
+        if hidden is None:
+            hidden = self.model(tokens, metadata, self.kv_caches, self.ops)  # [T, hidden]
         sampled_seqs = [chunk.seq for chunk in chunks if chunk.sample]
         if not sampled_seqs:
             return [None] * len(chunks)
@@ -152,7 +225,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": bfloat16 where the hardware multiplies it natively (CUDA; CPUs with
+    """ "auto": bfloat16 where the hardware multiplies it natively (CUDA; CPUs with
     AVX512-BF16 or AMX), else float32 (emulated bf16 matmuls are slower than fp32)."""
     if name == "auto":
         native = device.type == "cuda" or cpu_has_native_bfloat16()

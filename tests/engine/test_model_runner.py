@@ -58,7 +58,7 @@ def test_resolves_cpu_defaults_and_sizes_kv_cache(tiny_dir: Path) -> None:
     native_bf16 = torch.cuda.is_available() or cpu_has_native_bfloat16()
     assert runner.model.embed_weight.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
     config = runner.config.model
-    element_bytes = runner.kv_cache.element_size()
+    element_bytes = runner.kv_caches[0][0].element_size()
     assert (
         runner.block_bytes
         == 2 * config.num_layers * 4 * config.num_kv_heads * config.head_dim * element_bytes

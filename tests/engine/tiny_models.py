@@ -74,6 +74,7 @@ def engine_config(
         dtype="float32",
         device="cpu",
         use_kernels="off",
+        compile_decode="off",  # the eager forward; tests/engine/test_decode_graph.py compiles
     )
     values.update(overrides)
     return EngineConfig(**values)
