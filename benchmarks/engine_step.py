@@ -2,6 +2,7 @@
 where it goes (torch.profiler, by operator).
 
     .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 32 [--quantization none]
+    .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 1 --compile-decode both
 
 Prefills `--num-seqs` random 128-token prompts, then times `--steps` decode steps (all
 sequences decoding, contexts of 129 and up) and profiles `--profile-steps` more. It also
@@ -11,6 +12,8 @@ least time a step can take when it is bound by memory.
 The profile's summary line counts the aten ops of one step and splits its self CPU time
 into the matmuls (the weights' share) and everything else (per-op overhead, attention).
 `--num-threads 1` gives steadier numbers on a machine shared with other work.
+`--compile-decode both` times an eager and a compiled engine (engine/decode_graph.py) in
+alternated rounds instead of profiling one.
 """
 
 from __future__ import annotations
@@ -70,29 +73,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=12, help="operators listed")
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--compile-decode", default="auto", choices=["auto", "on", "off", "both"],
+                        help="the engine parameter; both: an eager and a compiled engine, their "
+                        "decode steps timed in alternating rounds (--rounds), no profile")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of --steps (both)")
     args = parser.parse_args(argv)
+    if args.compile_decode == "both":
+        compare_compiled(args)
+        return
+    engine, prefill_s = prefilled_engine(args, args.compile_decode)
+    times = timed_steps(engine, args.steps)
 
-    weights_dir = default_weights_dir()
-    parameters = {"max_num_seqs": str(args.num_seqs), "max_num_batched_tokens": "512",
-                  "max_model_len": "2048", "kv_cache_memory_mb": "1024", "dtype": args.dtype,
-                  "quantization": args.quantization, "num_threads": str(args.num_threads)}  # fmt: skip
-    engine = LLMEngine(EngineConfig.from_parameters(weights_dir, parameters))
-    decode_steps = args.steps + args.profile_steps + 1
-    params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True)
-    for key, prompt in enumerate(synthetic_prompts(args.num_seqs, args.input_len, 49152)):
-        request = GenerationRequest(params=params, prompt="")
-        engine.add_request(key, PreparedRequest(request, prompt, "", decode_steps + 1))
-    started = time.perf_counter()
-    while any(
-        seq.num_output_tokens == 0 for seq in engine.scheduler.running + list(engine.scheduler.waiting)
-    ):
-        engine.step()
-    prefill_s = time.perf_counter() - started
-    times = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        engine.step()
-        times.append(time.perf_counter() - started)
     dtype, layers = engine.runner.dtype, engine.runner.quantized_layers
     how = ", ".join(f"{count} {kind}" for kind, count in sorted(layers.items())) or "none"
     print(f"{args.num_seqs} sequences, {dtype}, quantized layers: {how}: prefill {prefill_s:.2f} s; decode step median "
@@ -117,6 +108,60 @@ def main(argv: list[str] | None = None) -> None:
           f"the rest {(all_us - matmul_us) / steps / 1e3:.1f} ms")  # fmt: skip
     table = averages.table(sort_by="self_cpu_time_total", row_limit=args.rows)
     print(f"per {steps} decode steps:\n{table}")
+
+
+def prefilled_engine(args: argparse.Namespace, compile_decode: str) -> tuple[LLMEngine, float]:
+    """An engine with `--num-seqs` prompts prefilled, each with room for every step the run
+    times (and profiles); the prefill's seconds."""
+    parameters = {"max_num_seqs": str(args.num_seqs), "max_num_batched_tokens": "512",
+                  "max_model_len": "2048", "kv_cache_memory_mb": "1024", "dtype": args.dtype,
+                  "quantization": args.quantization, "num_threads": str(args.num_threads),
+                  "compile_decode": compile_decode}  # fmt: skip
+    started = time.perf_counter()
+    engine = LLMEngine(EngineConfig.from_parameters(default_weights_dir(), parameters))
+    graph = engine.runner.decode_graph
+    print(f"compile_decode={compile_decode}: engine loaded in {time.perf_counter() - started:.1f} s"
+          + (f", of it {graph.compile_seconds:.1f} s compiling" if graph is not None else ""))  # fmt: skip
+    decode_steps = args.steps * max(args.rounds, 1) + args.profile_steps + 1
+    params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True)
+    for key, prompt in enumerate(synthetic_prompts(args.num_seqs, args.input_len, 49152)):
+        request = GenerationRequest(params=params, prompt="")
+        engine.add_request(key, PreparedRequest(request, prompt, "", decode_steps + 1))
+    started = time.perf_counter()
+    while any(
+        seq.num_output_tokens == 0 for seq in engine.scheduler.running + list(engine.scheduler.waiting)
+    ):
+        engine.step()
+    return engine, time.perf_counter() - started
+
+
+def timed_steps(engine: LLMEngine, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def compare_compiled(args: argparse.Namespace) -> None:
+    """Eager and compiled engines side by side in one process, rounds alternated, so the
+    machine's drift falls on both; prints each round's medians and their ratio."""
+    engines = {mode: prefilled_engine(args, mode)[0] for mode in ("off", "on")}
+    print(f"{args.num_seqs} sequences, {engines['on'].runner.dtype}, decode step median per round of {args.steps}:")
+    print("| round | eager ms | compiled ms | eager / compiled |")
+    print("|---|---|---|---|")
+    medians: dict[str, list[float]] = {"off": [], "on": []}
+    for round_ in range(1, args.rounds + 1):
+        for mode, engine in engines.items():
+            medians[mode].append(statistics.median(timed_steps(engine, args.steps)) * 1e3)
+        eager, compiled = medians["off"][-1], medians["on"][-1]
+        print(f"| {round_} | {eager:.1f} | {compiled:.1f} | {eager / compiled:.2f}x |", flush=True)
+    eager, compiled = statistics.median(medians["off"]), statistics.median(medians["on"])
+    print(f"| median | {eager:.1f} | {compiled:.1f} | {eager / compiled:.2f}x |")
+    graph = engines["on"].runner.decode_graph
+    assert graph is not None
+    print(f"compiled graph: {graph.steps} steps, {graph.misses} run eagerly")
 
 
 # Operators that multiply by the weights: what a decode step must spend.
