@@ -9,6 +9,7 @@ tokenizer (`EngineService.tokenize`, `EngineService.detokenize`); nothing is sch
 
 from __future__ import annotations
 
+import locale
 import logging
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from engine.serving import EngineService
 
 class TritonPythonModel(ContractModel):
     def initialize(self, args: dict[str, str]) -> None:
+        _text_files_as_utf8()
         parameters = self.initialize_contract(args)
         weights_dir = Path(args["model_repository"]) / "weights"
         config = EngineConfig.from_parameters(weights_dir, parameters)
@@ -52,6 +54,23 @@ class TritonPythonModel(ContractModel):
 
     def finalize(self) -> None:
         self.service.shutdown()
+
+
+def _text_files_as_utf8() -> None:
+    """The stub's embedded Python starts in the C locale whatever LANG says (it never calls
+    setlocale, and PYTHONUTF8 does not reach it), so `open()` without an encoding reads
+    ASCII; torch's inductor opens its UTF-8 C++ templates that way when the engine compiles
+    its decode step (engine/decode_graph.py). Take the environment's locale, or C.UTF-8,
+    for character types only."""
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        return
+    for name in ("", "C.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            continue
+        if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+            return
 
 
 class TritonSink:
