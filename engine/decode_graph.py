@@ -9,18 +9,20 @@ quantized matmuls (extern calls), and the step runs as one Python call.
 
 What is compiled is the model's own `forward`, unchanged, with `GraphOps`: the `Ops`
 backend written for a graph (tensor-only attention over the block table, no host-side
-plan, no per-step Python state). One graph serves every decode step of 1 to `max_rows`
-sequences at any context length: the batch and the block-table width are dynamic
-dimensions, compiled once at load by a warm-up step on a scratch KV block the block
-manager never hands out; a step the graph does not cover (a prefill, a bigger batch)
-runs eagerly. Guards on the model's weights are dropped (they never change after load),
-so a call checks only the step's own tensors.
+plan, no per-step Python state). Two graphs serve every decode step of 1 to `max_rows`
+sequences at any context length: one for a lone sequence (the block-table width dynamic)
+and one for 2 to `max_rows` rows (the batch dynamic too), each compiled once at load by a
+warm-up step on a scratch KV block the block manager never hands out. Sizes of 1 would be
+graphs of their own, so a one-block table gets a padding row into the scratch block; a
+step the graphs do not cover (a prefill, a bigger batch) runs eagerly. Guards on the
+model's weights are dropped (they never change after load), so a call checks only the
+step's own tensors.
 
 Inductor writes C++ and needs a compiler (g++ here); its compiled kernels are cached on
 disk (`TORCHINDUCTOR_CACHE_DIR`, /tmp/torchinductor_<user> by default), so a restart
 compiles in a fraction of the first time. Why not per-layer compiles: a compiled layer
 called 30 times pays its guards and wrapper 30 times, and measured slower than one graph
-(docs/benchmarks.md "Compiled decode step").
+(docs/benchmarks.md "The decode step compiled").
 """
 
 from __future__ import annotations
@@ -176,8 +178,8 @@ _copies = itertools.count()
 
 
 class DecodeGraph:
-    """The model's forward for pure decode steps of 2 to `max_rows` rows, compiled (one
-    sequence gets a padding row).
+    """The model's forward for pure decode steps of up to `max_rows` rows, compiled: one
+    graph for a lone sequence, one for 2 to `max_rows` rows.
 
     `compile()` builds it (once, at load: a warm-up step on `scratch_block`); `fit`
     says whether a step may use it and what rows to add to it; calling it
@@ -204,10 +206,15 @@ class DecodeGraph:
         self._padding_row = (block_size, [scratch_block, scratch_block])
         self.steps = 0  # steps the compiled graph ran
         self.misses = 0  # steps `fit` took that would have recompiled, run eagerly instead
-        self._compiled = torch.compile(
-            _own_copy(_decode_forward),
-            dynamic=None,
-            options={"guard_filter_fn": _weights_unguarded},
+        # Two graphs: steps of 2 to max_rows rows, and one sequence alone (the single
+        # stream: a padding row would cost its matmuls ~20%).
+        self._rows, self._one = (
+            torch.compile(
+                _own_copy(_decode_forward),
+                dynamic=None,
+                options={"guard_filter_fn": _weights_unguarded},
+            )
+            for _ in range(2)
         )
 
     def fit(
@@ -221,7 +228,7 @@ class DecodeGraph:
         if self.compile_seconds is None or not query_lens or any(n != 1 for n in query_lens):
             return None
         width = max(-(-(start + 1) // self.block_size) for start in starts)
-        padding = [] if len(starts) >= 2 and width >= 2 else [self._padding_row]
+        padding = [] if width >= 2 else [self._padding_row]
         return padding if len(starts) + len(padding) <= self.max_rows else None
 
     def __call__(self, input_ids: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
@@ -229,7 +236,8 @@ class DecodeGraph:
         `GraphMiss` when the graph would have to recompile for it."""
         with torch.compiler.set_stance("fail_on_recompile"):
             try:
-                hidden = self._compiled(self, input_ids, metadata)
+                compiled = self._one if input_ids.shape[0] == 1 else self._rows
+                hidden = compiled(self, input_ids, metadata)
             except RuntimeError as error:
                 if "Detected recompile" not in str(error):
                     raise
@@ -243,9 +251,9 @@ class DecodeGraph:
 
     @torch.inference_mode()
     def compile(self) -> float:
-        """Compile with a warm-up step of two sequences of two blocks each, every token
-        in the scratch block, the batch and the block-table width marked dynamic. Returns
-        the seconds it took."""
+        """Compile both graphs with warm-up steps, every token in the scratch block: two
+        sequences of two blocks each, the batch and the block-table width marked dynamic;
+        one sequence of two blocks, the width dynamic. Returns the seconds it took."""
         started = time.perf_counter()
         input_ids, metadata = self._scratch_step(2, 2)
         for tensor in (input_ids, metadata.positions, metadata.slot_mapping, metadata.seq_lens,
@@ -253,9 +261,13 @@ class DecodeGraph:
             torch._dynamo.mark_dynamic(tensor, 0)
         torch._dynamo.mark_dynamic(metadata.block_tables, 0)
         torch._dynamo.mark_dynamic(metadata.block_tables, 1)
-        self._compiled(self, input_ids, metadata)
+        self._rows(self, input_ids, metadata)
+        input_ids, metadata = self._scratch_step(1, 2)
+        torch._dynamo.mark_dynamic(metadata.block_tables, 1)
+        self._one(self, input_ids, metadata)
         self.compile_seconds = time.perf_counter() - started
         self(*self._scratch_step(self.max_rows, 3))  # the largest batch: no new graph
+        self(*self._scratch_step(1, 3))
         return self.compile_seconds
 
     def _scratch_step(self, rows: int, blocks: int) -> tuple[torch.Tensor, AttentionMetadata]:

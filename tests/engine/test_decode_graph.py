@@ -100,7 +100,8 @@ def test_fit_pads_short_steps_and_leaves_prefills_and_big_batches(
     assert graph is not None
     block_size, scratch = runners[0].block_size, runners[0].num_blocks
     padding = [(block_size, [scratch, scratch])]
-    assert graph.fit([9], [1]) == padding  # one sequence
+    assert graph.fit([9], [1]) == []  # one sequence: the single-stream graph
+    assert graph.fit([1], [1]) == padding  # one block: the rows graph, with a padding row
     assert graph.fit([1, 2], [1, 1]) == padding  # two, but a one-block table
     assert graph.fit([1, 9], [1, 1]) == []
     assert graph.fit([9, 9, 9, 9], [1, 1, 1, 1]) == []
