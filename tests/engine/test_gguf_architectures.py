@@ -88,7 +88,7 @@ def test_gguf_of_a_new_architecture_packages_and_equals_transformers(
     write_gguf(model, tmp_path / f"{name}.gguf", arch, norm_offset, tokenizer_json)
     weights_dir = package_model(str(tmp_path / f"{name}.gguf"), name, tmp_path / "repo", progress=False) / WEIGHTS_DIR
     assert json.loads((weights_dir / "config.json").read_text())["architectures"] == [tiny.model_class]
-    parameters = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32",
+    parameters = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32", "compile_decode": "off",
                   "max_model_len": "64", "device": "cpu", "use_kernels": "off"}  # fmt: skip
     runner = ModelRunner(EngineConfig.from_parameters(weights_dir, parameters))
     prompt = [1, 500, 9000, 42, 77, 1234, 5, 31, 16, 2048, 3, 99]  # longer than the window

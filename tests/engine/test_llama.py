@@ -122,7 +122,7 @@ def test_bfloat16_on_the_default_model_is_as_close_to_fp32_as_transformers_bf16(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     token_ids = AutoTokenizer.from_pretrained(default_weights_dir)(REAL_TEXT).input_ids
-    parameters = {"max_model_len": "256", "max_num_seqs": "1", "kv_num_blocks": "8", "dtype": "bfloat16",
+    parameters = {"max_model_len": "256", "max_num_seqs": "1", "kv_num_blocks": "8", "dtype": "bfloat16", "compile_decode": "off",
                   "quantization": "none"}  # transformers runs the dense weights  # fmt: skip
     runner = ModelRunner(EngineConfig.from_parameters(default_weights_dir, parameters))
     ours = _teacher_forced_logits(runner, token_ids, prefill_len=len(token_ids) // 2)

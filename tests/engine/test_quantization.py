@@ -194,7 +194,7 @@ def test_the_engine_on_quantized_weights_equals_transformers_on_the_gguf(quantiz
     with torch.no_grad():
         theirs = reference(torch.tensor([prompt])).logits[0]
     # Every matmul through the int4 kernels (rows up to 64: the prefill too), fp32 activations.
-    parameters = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32", "max_model_len": "64",
+    parameters = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32", "max_model_len": "64", "compile_decode": "off",
                   "device": "cpu", "use_kernels": "off", "quantized_max_rows": "64",
                   "quantization": "gguf"}  # auto would keep float32 on CPU dense  # fmt: skip
     runner = ModelRunner(EngineConfig.from_parameters(weights_dir, parameters))
@@ -215,7 +215,7 @@ def test_the_engine_on_quantized_weights_equals_transformers_on_the_gguf(quantiz
 
 def test_int8_and_int4_quantize_a_dense_checkpoint_at_load(quantized_llama: tuple[Path, Path]) -> None:
     _, weights_dir = quantized_llama
-    base = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32", "max_model_len": "64"}
+    base = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32", "max_model_len": "64", "compile_decode": "off"}
     int8 = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantization": "int8"}))
     assert int8.quantized_layers == {"int8 at load": 2 * 4 + 1}
     int4 = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantization": "int4"}))
@@ -234,7 +234,7 @@ def test_quantization_settings_are_checked_by_name(quantized_llama: tuple[Path, 
 
 
 def test_the_default_model_serves_its_gguf_blocks(default_weights_dir: Path) -> None:
-    parameters = {"dtype": "bfloat16", "kv_block_size": "16", "kv_num_blocks": "16", "max_model_len": "256"}
+    parameters = {"dtype": "bfloat16", "kv_block_size": "16", "kv_num_blocks": "16", "max_model_len": "256", "compile_decode": "off"}
     quantized = ModelRunner(EngineConfig.from_parameters(default_weights_dir, parameters))
     # 30 layers x (qkv, o, gate_up, down) in Q4_1, the tied embedding/LM head in Q8_0.
     assert quantized.quantized_layers == {"Q4_1": 120, "Q8_0": 1}

@@ -46,7 +46,8 @@ class RecordingSink:
 
 @pytest.fixture(scope="module")
 def service(default_weights_dir: Path) -> EngineService:
-    parameters = {"max_model_len": "512", "max_num_seqs": "4", "kv_cache_memory_mb": "32"}
+    parameters = {"max_model_len": "512", "max_num_seqs": "4", "kv_cache_memory_mb": "32",
+                  "compile_decode": "off"}  # fmt: skip
     service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
     service.start()
     yield service
@@ -120,7 +121,8 @@ def test_bad_requests_fail_at_submit(service: EngineService) -> None:
 
 
 def test_shutdown_fails_what_is_still_running(default_weights_dir: Path) -> None:
-    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16"}
+    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16",
+                  "compile_decode": "off"}  # fmt: skip
     service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
     service.start()
     sinks = [RecordingSink() for _ in range(3)]
@@ -140,7 +142,8 @@ def test_a_failed_engine_fails_later_requests_at_once(
     default_weights_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A dead engine thread must not leave requests queued forever (a hang, not an error)."""
-    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16"}
+    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16",
+                  "compile_decode": "off"}  # fmt: skip
     service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
 
     def broken_step(self: LLMEngine) -> list:
@@ -162,7 +165,8 @@ def test_start_builds_the_engine_on_its_thread_and_raises_what_building_raised(
     default_weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built_on: list[str] = []
-    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16"}
+    parameters = {"max_model_len": "512", "max_num_seqs": "2", "kv_cache_memory_mb": "16",
+                  "compile_decode": "off"}  # fmt: skip
     service = EngineService(EngineConfig.from_parameters(default_weights_dir, parameters))
     real_init = LLMEngine.__init__
 
