@@ -20,9 +20,10 @@ step's own tensors.
 
 Inductor writes C++ and needs a compiler (g++ here); its compiled kernels are cached on
 disk (`TORCHINDUCTOR_CACHE_DIR`, /tmp/torchinductor_<user> by default), so a restart
-compiles in a fraction of the first time. Why not per-layer compiles: a compiled layer
-called 30 times pays its guards and wrapper 30 times, and measured slower than one graph
-(docs/benchmarks.md "The decode step compiled").
+compiles in a fraction of the first time. Why the whole forward and not a layer at a time:
+a compiled function's call costs about what fusing saves in one layer, so a compiled
+piece of a layer runs no faster than eager code (`python -m benchmarks.compile_block`,
+docs/benchmarks.md "The decode step compiled"); one graph pays the call once a step.
 """
 
 from __future__ import annotations
