@@ -277,7 +277,7 @@ class DecodeGraph:
         scratch = self.scratch_block
         # Lengths of exactly `blocks` blocks (the last one partly filled); any position maps
         # into the scratch block, since every entry of the table is it.
-        lengths = [blocks * self.block_size - row for row in range(rows)]
+        lengths = [blocks * self.block_size - row % self.block_size for row in range(rows)]
         metadata = build_attention_metadata(
             starts=[length - 1 for length in lengths],
             query_lens=[1] * rows,

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer
 
 from engine.attention import build_attention_metadata
-from engine.config import ConfigError, EngineConfig
+from engine.config import ConfigError, EngineConfig, SchedulerConfig
 from engine.model_runner import ModelRunner
 from tests.engine.tiny_models import BlockPool, engine_config, save_tiny_model
 
@@ -117,6 +117,14 @@ def test_scratch_block_is_the_graphs_own(runners: tuple[ModelRunner, ModelRunner
     assert compiled.kv_caches[0][0].shape[0] == compiled.num_blocks + 1
     assert eager.kv_caches[0][0].shape[0] == eager.num_blocks
     assert eager.decode_graph is None
+
+
+def test_compiles_batches_of_more_rows_than_a_block_holds(tiny_dir: Path) -> None:
+    """The warm-up's largest batch, max_num_seqs + 1 = 41 rows, more than the positions of
+    its 3-block tables: every row still sits in the scratch block's tables."""
+    scheduler = SchedulerConfig(max_num_seqs=40, max_model_len=128)
+    runner = ModelRunner(engine_config(tiny_dir, compile_decode="on", scheduler=scheduler))
+    assert runner.decode_graph is not None and runner.decode_graph.max_rows == 41
 
 
 def test_compile_decode_values_and_where_it_cannot_be(tiny_dir: Path) -> None:
