@@ -53,8 +53,9 @@ class GraphMiss(RuntimeError):
 class GraphOps(TorchOps):
     """`engine.ops.Ops` for a compiled decode step: one new token per sequence, every
     shape a function of the inputs, nothing kept between calls. Same contracts as
-    `TorchOps` (its `rms_norm` is reused); attention reads each sequence's whole block
-    table, masked to its length (and window)."""
+    `TorchOps` (its `rms_norm` and `rope_and_write_kv` are reused, the latter over the
+    methods here); attention reads each sequence's whole block table, masked to its length
+    (and window)."""
 
     def apply_rope(
         self,
@@ -80,21 +81,6 @@ class GraphOps(TorchOps):
         blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
         key_cache.index_put_((blocks, offsets), key.to(key_cache.dtype))
         value_cache.index_put_((blocks, offsets), value.to(value_cache.dtype))
-
-    def rope_and_write_kv(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        positions: torch.Tensor,
-        cos_sin_cache: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> torch.Tensor:
-        query, key = self.apply_rope(query, key, positions, cos_sin_cache)
-        self.write_kv(key, value, key_cache, value_cache, slot_mapping)
-        return query
 
     def attention(
         self,
