@@ -130,7 +130,7 @@ def can_compile(model: torch.nn.Module, device: torch.device) -> str | None:
     """None when `DecodeGraph` serves this model here, else why not (for the log)."""
     if device.type != "cpu":
         return f"the compiled decode step is built for CPU, not {device.type}"
-    if getattr(model, "config", None) is not None and model.config.moe is not None:
+    if model.config.moe is not None:
         return "mixture-of-experts routing has data-dependent shapes"
     if shutil.which("g++") is None and shutil.which("c++") is None:
         return "no C++ compiler (g++) for inductor on PATH"
@@ -193,8 +193,8 @@ class DecodeGraph:
         self._padding_row = (block_size, [scratch_block, scratch_block])
         self.steps = 0  # steps the compiled graph ran
         self.misses = 0  # steps `fit` took that would have recompiled, run eagerly instead
-        # Two graphs: steps of 2 to max_rows rows, and one sequence alone (the single
-        # stream: a padding row would cost its matmuls ~20%).
+        # Two graphs: steps of 2 to max_rows rows, and one sequence alone (a padding row
+        # would double the rows the single stream's matmuls take).
         self._rows, self._one = (
             torch.compile(
                 _own_copy(_decode_forward),

@@ -130,9 +130,9 @@ class ModelRunner:
                 raise ConfigError(f"compile_decode=on: {reason}; set compile_decode=off or auto")
             logger.info("decode steps run eagerly: %s", reason)
             return None
-        # The graph covers the batch sizes whose matmuls all take one path: up to the
+        # The graphs cover the batch sizes whose matmuls all take one path: up to the
         # smallest quantized_max_rows of the layers' quantized weights (or every batch and
-        # its padding row when nothing is quantized); one sequence is padded to two rows.
+        # a padding row when nothing is quantized).
         limits = [
             module.max_quantized_rows
             for module in self.model.layers.modules()
