@@ -9,10 +9,13 @@ quantized matmuls (extern calls), and the step runs as one Python call.
 
 What is compiled is the model's own `forward`, unchanged, with `GraphOps`: the `Ops`
 backend written for a graph (tensor-only attention over the block table, no host-side
-plan, no per-step Python state). Two graphs serve every decode step of 1 to `max_rows`
+plan, no per-step Python state). A few graphs serve every decode step of 1 to `max_rows`
 sequences at any context length: one for a lone sequence (the block-table width dynamic)
-and one for 2 to `max_rows` rows (the batch dynamic too), each compiled once at load by a
-warm-up step on a scratch KV block the block manager never hands out. Sizes of 1 would be
+and one per band of batch sizes (the batch dynamic too), each compiled once at load by a
+warm-up step on a scratch KV block the block manager never hands out. The bands split
+where a quantized layer changes path (`Linear.max_quantized_rows`: its int4 weight up to
+16 rows, its dense one beyond), since a graph traces one path: with the default model's
+int4 layers, 2-16 rows and 17 to max_num_seqs + 1. Sizes of 1 would be
 graphs of their own, so a one-block table gets a padding row into the scratch block; a
 step the graphs do not cover (a prefill, a bigger batch) runs eagerly. Guards on the
 model's weights are dropped (they never change after load), so a call checks only the
@@ -166,7 +169,8 @@ _copies = itertools.count()
 
 class DecodeGraph:
     """The model's forward for pure decode steps of up to `max_rows` rows, compiled: one
-    graph for a lone sequence, one for 2 to `max_rows` rows.
+    graph for a lone sequence and one per band of batch sizes, band k taking
+    row_limits[k - 1] + 1 to row_limits[k] rows (the first from 2).
 
     `compile()` builds it (once, at load: a warm-up step on `scratch_block`); `fit`
     says whether a step may use it and what rows to add to it; calling it
@@ -180,29 +184,38 @@ class DecodeGraph:
         model: torch.nn.Module,
         kv_caches: list[KVCache],
         block_size: int,
-        max_rows: int,
+        row_limits: SequenceOf[int],
         scratch_block: int,
     ) -> None:
+        if not row_limits or row_limits[0] < 2 or list(row_limits) != sorted(set(row_limits)):
+            raise ValueError(f"row limits must rise from 2 or more, got {list(row_limits)}")
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
-        self.max_rows = max_rows
+        self.row_limits = tuple(row_limits)
+        self.max_rows = self.row_limits[-1]
         self.scratch_block = scratch_block
         self.ops = GraphOps()
         self.compile_seconds: float | None = None
         self._padding_row = (block_size, [scratch_block, scratch_block])
         self.steps = 0  # steps the compiled graph ran
         self.misses = 0  # steps `fit` took that would have recompiled, run eagerly instead
-        # Two graphs: steps of 2 to max_rows rows, and one sequence alone (a padding row
-        # would double the rows the single stream's matmuls take).
-        self._rows, self._one = (
+        # A graph for one sequence alone (a padding row would double the rows the single
+        # stream's matmuls take) and one per band of batch sizes (row_limits).
+        self._one, *self._bands = (
             torch.compile(
                 _own_copy(_decode_forward),
                 dynamic=None,
                 options={"guard_filter_fn": _weights_unguarded},
             )
-            for _ in range(2)
+            for _ in range(1 + len(self.row_limits))
         )
+
+    @property
+    def bands(self) -> list[tuple[int, int]]:
+        """The batch sizes of each multi-row graph, (fewest, most) rows."""
+        lows = [2, *(limit + 1 for limit in self.row_limits[:-1])]
+        return list(zip(lows, self.row_limits, strict=True))
 
     def fit(
         self, starts: SequenceOf[int], query_lens: SequenceOf[int]
@@ -223,7 +236,7 @@ class DecodeGraph:
         `GraphMiss` when the graph would have to recompile for it."""
         with torch.compiler.set_stance("fail_on_recompile"):
             try:
-                compiled = self._one if input_ids.shape[0] == 1 else self._rows
+                compiled = self._graph(input_ids.shape[0])
                 hidden = compiled(self, input_ids, metadata)
             except RuntimeError as error:
                 if "Detected recompile" not in str(error):
@@ -236,24 +249,32 @@ class DecodeGraph:
         self.steps += 1
         return hidden
 
+    def _graph(self, rows: int) -> Callable[..., torch.Tensor]:
+        if rows == 1:
+            return self._one
+        return next(graph for (_, most), graph in zip(self.bands, self._bands, strict=True) if rows <= most)
+
     @torch.inference_mode()
     def compile(self) -> float:
-        """Compile both graphs with warm-up steps, every token in the scratch block: two
-        sequences of two blocks each, the batch and the block-table width marked dynamic;
-        one sequence of two blocks, the width dynamic. Returns the seconds it took."""
+        """Compile every graph with a warm-up step, every token in the scratch block: per
+        band, its fewest rows of two blocks each, the batch (unless the band is one size)
+        and the block-table width marked dynamic; one sequence of two blocks, the width dynamic. Returns the seconds
+        it took."""
         started = time.perf_counter()
-        input_ids, metadata = self._scratch_step(2, 2)
-        for tensor in (input_ids, metadata.positions, metadata.slot_mapping, metadata.seq_lens,
-                       metadata.logits_indices):  # fmt: skip
-            torch._dynamo.mark_dynamic(tensor, 0)
-        torch._dynamo.mark_dynamic(metadata.block_tables, 0)
-        torch._dynamo.mark_dynamic(metadata.block_tables, 1)
-        self._rows(self, input_ids, metadata)
+        for (fewest, most), graph in zip(self.bands, self._bands, strict=True):
+            input_ids, metadata = self._scratch_step(fewest, 2)
+            if fewest < most:  # a band of one size is that size (marking it would fail)
+                for tensor in (input_ids, metadata.positions, metadata.slot_mapping,
+                               metadata.seq_lens, metadata.logits_indices, metadata.block_tables):  # fmt: skip
+                    torch._dynamo.mark_dynamic(tensor, 0)
+            torch._dynamo.mark_dynamic(metadata.block_tables, 1)
+            graph(self, input_ids, metadata)
         input_ids, metadata = self._scratch_step(1, 2)
         torch._dynamo.mark_dynamic(metadata.block_tables, 1)
         self._one(self, input_ids, metadata)
         self.compile_seconds = time.perf_counter() - started
-        self(*self._scratch_step(self.max_rows, 3))  # the largest batch: no new graph
+        for _, most in self.bands:  # each band's largest batch: no new graph
+            self(*self._scratch_step(most, 3))
         self(*self._scratch_step(1, 3))
         return self.compile_seconds
 

@@ -79,13 +79,13 @@ class ModelRunner:
             * element_bytes
         )
         self.num_blocks: int = self._count_blocks()
-        graph_rows = self._decode_graph_rows()
+        graph_limits = self._decode_graph_limits()
         # Per layer, K and V: [num_blocks, block_size, num_kv_heads, head_dim] each, their
         # own tensors (a compiled step writes into them in place; views of one tensor would
         # be copied whole). Zeros, so that padding slots a backend may read (masked out) are
         # never NaN. A compiled decode step gets one more block, the scratch block of its
         # warm-up, which the block manager never hands out.
-        cache_blocks = self.num_blocks + (graph_rows is not None)
+        cache_blocks = self.num_blocks + (graph_limits is not None)
         self.kv_caches: list[KVCache] = [
             tuple(  # type: ignore[misc]
                 torch.zeros(
@@ -101,22 +101,22 @@ class ModelRunner:
             for _ in range(model_config.num_layers)
         ]
         self.decode_graph: DecodeGraph | None = None
-        if graph_rows is not None:
+        if graph_limits is not None:
             self.decode_graph = DecodeGraph(
-                self.model, self.kv_caches, self.block_size, graph_rows, self.num_blocks
+                self.model, self.kv_caches, self.block_size, graph_limits, self.num_blocks
             )
             seconds = self.decode_graph.compile()
             logger.info(
-                "decode steps of up to %d rows compiled in %.1f s (compile_decode)",
-                graph_rows,
+                "decode steps of 1 row and of %s rows compiled in %.1f s (compile_decode)",
+                ", ".join(f"{fewest}-{most}" for fewest, most in self.decode_graph.bands),
                 seconds,
             )
         self.sampler = Sampler(
             model_config.vocab_size, model_config.eos_token_ids, backend=sampling
         )
 
-    def _decode_graph_rows(self) -> int | None:
-        """The most rows of the compiled decode step (engine/decode_graph.py) when
+    def _decode_graph_limits(self) -> list[int] | None:
+        """The row limits of the compiled decode step's bands (engine/decode_graph.py) when
         `compile_decode` asks for it and it can serve this model here, else None; "on"
         where it cannot is an error."""
         wanted = self.config.compile_decode
@@ -130,22 +130,15 @@ class ModelRunner:
                 raise ConfigError(f"compile_decode=on: {reason}; set compile_decode=off or auto")
             logger.info("decode steps run eagerly: %s", reason)
             return None
-        # The graphs cover the batch sizes whose matmuls all take one path: up to the
-        # smallest quantized_max_rows of the layers' quantized weights (or every batch and
-        # a padding row when nothing is quantized).
-        limits = [
+        # Every batch up to max_num_seqs, and a padding row: a band ends wherever a
+        # quantized layer's matmul changes from its quantized to its dense weight.
+        most = self.config.scheduler.max_num_seqs + 1
+        switches = {
             module.max_quantized_rows
             for module in self.model.layers.modules()
             if isinstance(module, Linear) and module.quantized is not None
-        ]
-        max_rows = min([self.config.scheduler.max_num_seqs + 1, *limits])
-        if max_rows < 2:
-            if wanted == "on":
-                raise ConfigError(
-                    "compile_decode=on: quantized_max_rows below 2 leaves no step to compile"
-                )
-            return None
-        return max_rows
+        }
+        return sorted(limit for limit in switches if 2 <= limit < most) + [most]
 
     def _count_blocks(self) -> int:
         cache = self.config.cache

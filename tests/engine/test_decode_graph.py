@@ -93,6 +93,31 @@ def test_every_batch_and_context_size_equals_eager(runners: tuple[ModelRunner, M
     assert graph.steps - steps_before == 16 and graph.misses == 0
 
 
+def test_a_graph_per_band_where_quantized_layers_change_path(tiny_dir: Path) -> None:
+    """int4 layers whose matmuls take the quantized weight up to 2 rows: a graph for 2
+    rows and one for 3 to 5 (dense matmuls), each equal to the eager forward of the same
+    quantized model at every batch size, none recompiling."""
+    settings = {"quantization": "int4", "quantized_max_rows": 2}
+    compiled = ModelRunner(engine_config(tiny_dir, compile_decode="on", **settings))
+    eager = ModelRunner(engine_config(tiny_dir, **settings))
+    graph = compiled.decode_graph
+    assert graph is not None and graph.bands == [(2, 2), (3, 5)] and graph.max_rows == 5
+    blocks = [list(range(10 * i, 10 * i + 10)) for i in range(4)]
+    prompts = [[5 + i] * n for i, n in enumerate(LENGTHS[1:])]  # two blocks or more each
+    for runner in (compiled, eager):
+        prefill(runner, prompts, blocks)
+    positions, steps_before = list(LENGTHS[1:]), graph.steps
+    for batch in ([0], [0, 1], [0, 1, 2], [3, 2, 1, 0], [1, 3]):
+        starts = [positions[i] for i in batch]
+        tokens = [(3 * positions[i]) % 120 + 3 for i in batch]
+        theirs = decode_logits(eager, starts, [blocks[i] for i in batch], tokens)
+        ours = decode_logits(compiled, starts, [blocks[i] for i in batch], tokens)
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+        for i in batch:
+            positions[i] += 1
+    assert graph.steps - steps_before == 5 and graph.misses == 0
+
+
 def test_fit_pads_short_steps_and_leaves_prefills_and_big_batches(
     runners: tuple[ModelRunner, ModelRunner],
 ) -> None:
