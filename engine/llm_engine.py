@@ -208,6 +208,7 @@ class LLMEngine:
     ) -> list[tuple[int, GenerationOutput]]:
         now = time.monotonic()
         touched: dict[int, list[ChoiceDelta]] = {}
+        generated = 0
         for chunk, result in zip(chunks, results, strict=True):
             if result is None:
                 continue
@@ -217,6 +218,9 @@ class LLMEngine:
                 continue
             delta = self._accept_token(state, seq, result, now)
             touched.setdefault(seq.request_id, []).append(delta)
+            generated += 1
+        # Once a step: on Triton each metric update is a round trip to the server.
+        self.metrics.add_generation_tokens(generated)
         outputs = []
         for request_id, deltas in touched.items():
             output = self._request_output(request_id, deltas)
@@ -243,7 +247,6 @@ class LLMEngine:
             if seq.num_output_tokens > 1:
                 per_token = (now - seq.first_token_time) / (seq.num_output_tokens - 1)
                 self.metrics.observe_time_per_output_token(per_token)
-        self.metrics.add_generation_tokens(1)
         logprobs = self._logprobs(result) if seq.params.logprobs else None
         return ChoiceDelta(seq.index, text, seq.num_output_tokens, finish_reason, logprobs)
 

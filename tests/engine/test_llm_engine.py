@@ -113,6 +113,7 @@ def test_staggered_greedy_batch_equals_transformers_alone(
     arrivals: dict[int, list] = {}
     for key, request in requests.items():
         arrivals.setdefault(key * 3, []).append((key, request))  # a new request every 3 steps
+    generated_before = engine.metrics.snapshot.get("tritium_generation_tokens_total", 0)
     outputs = _run(engine, arrivals)
     eos = set(engine.tokenizer.eos_token_ids)
     for key, request in requests.items():
@@ -121,6 +122,8 @@ def test_staggered_greedy_batch_equals_transformers_alone(
         assert _token_ids(outputs[key]) == expected, f"prompt {key}: {PROMPTS[key]!r}"
         assert outputs[key][-1].finished
     assert engine.scheduler.num_running == 0 and engine.scheduler.num_used_blocks == 0
+    generated = sum(len(_token_ids(outputs[key])) for key in requests)
+    assert engine.metrics.snapshot["tritium_generation_tokens_total"] - generated_before == generated
 
 
 def test_prefix_cache_computes_only_new_tokens(engine: LLMEngine) -> None:

@@ -61,3 +61,23 @@ def test_kv_cache_usage_is_a_fraction() -> None:
     metrics.record_step(SchedulerStats(num_used_blocks=64, num_total_blocks=64), num_preempted=0)
     assert sink.gauges["tritium_kv_cache_usage_perc"] == 1.0
     assert sink.gauges["tritium_kv_blocks_used"] == 64
+
+
+def test_a_gauge_reaches_the_sink_when_it_changes() -> None:
+    """On Triton every sink call is a round trip to the server: a step that changes
+    nothing sends nothing, and a change is sent at once."""
+    sink = RecordingSink()
+    calls: list[str] = []
+    gauge = sink.gauge
+    sink.gauge = lambda name, description, value: (calls.append(name), gauge(name, description, value))  # type: ignore[method-assign]
+    metrics = EngineMetrics(sink)
+    stats = SchedulerStats(num_running=1, num_used_blocks=3)
+    metrics.record_step(stats, num_preempted=0)
+    first = len(calls)
+    assert first == 5 and sink.gauges["tritium_requests_waiting"] == 0  # each gauge once, zeros too
+    metrics.record_step(stats, num_preempted=0)
+    assert len(calls) == first
+    stats.num_used_blocks = 4
+    metrics.record_step(stats, num_preempted=0)
+    assert sorted(calls[first:]) == ["tritium_kv_blocks_used", "tritium_kv_cache_usage_perc"]
+    assert sink.gauges["tritium_kv_blocks_used"] == 4
