@@ -75,7 +75,7 @@ def _text_files_as_utf8() -> None:
 
 
 # Seconds between two questions to Triton whether a request's call was cancelled.
-CANCEL_POLL_S = 0.05
+CANCEL_POLL_S = 0.5
 
 
 class TritonSink:
