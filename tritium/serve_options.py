@@ -62,8 +62,9 @@ class ServeOptions:
     # their variables reach the adapter through the environment it inherits.
     adapter_flags: tuple[str, ...] = field(default=(), metadata={"env": None})
     log_dir: Path | None = None
+    # A model's first start on CPU compiles its decode step (minutes on 2 cores).
     startup_timeout_seconds: float = field(
-        default=300.0, metadata={"env": "TRITIUM_STARTUP_TIMEOUT"}
+        default=600.0, metadata={"env": "TRITIUM_STARTUP_TIMEOUT"}
     )
     # Time each child gets between SIGTERM and SIGKILL; Triton is told to finish
     # in-flight requests a little sooner (see triton_exit_timeout_seconds).
@@ -294,7 +295,8 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
         "--startup-timeout",
         metavar="SECONDS",
         help=_help(
-            "how long Triton (and then the adapter) may take to become ready (default: 300)",
+            "how long Triton (and then the adapter) may take to become ready (default: 600; a "
+            "model's first start on CPU compiles its decode step for minutes)",
             "startup_timeout_seconds",
         ),
     )

@@ -27,7 +27,7 @@ def test_serve_defaults_keep_triton_on_loopback_and_off_the_adapter_port() -> No
     assert (options.host, options.port) == ("127.0.0.1", 8000)
     assert options.triton_host == "127.0.0.1"
     assert (options.http_port, options.grpc_port, options.metrics_port) == (8080, 8001, 8002)
-    assert options.startup_timeout_seconds == 300.0
+    assert options.startup_timeout_seconds == 600.0
     assert (options.max_triton_restarts, options.unready_grace_seconds) == (3, 10.0)
     assert options.tritonserver is None and options.log_dir is None
 
