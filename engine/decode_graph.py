@@ -258,8 +258,8 @@ class DecodeGraph:
     def compile(self) -> float:
         """Compile every graph with a warm-up step, every token in the scratch block: per
         band, its fewest rows of two blocks each, the batch (unless the band is one size)
-        and the block-table width marked dynamic; one sequence of two blocks, the width dynamic. Returns the seconds
-        it took."""
+        and the block-table width marked dynamic; one sequence of two blocks, the width
+        dynamic. Returns the seconds it took."""
         started = time.perf_counter()
         for (fewest, most), graph in zip(self.bands, self._bands, strict=True):
             input_ids, metadata = self._scratch_step(fewest, 2)

@@ -67,6 +67,25 @@ def prefill(runner: ModelRunner, prompts: list[list[int]], blocks: list[list[int
             runner.model(torch.tensor(prompt), metadata, runner.kv_caches, runner.ops)
 
 
+def decode_alike(
+    compiled: ModelRunner,
+    eager: ModelRunner,
+    batches: tuple[list[int], ...],
+    positions: list[int],
+    blocks: list[list[int]],
+) -> None:
+    """Decode each batch (indexes of sequences at `positions`, in `blocks`) through both
+    runners: their logits equal at 1e-4; each decoded sequence moves on a position."""
+    for batch in batches:
+        starts = [positions[i] for i in batch]
+        tokens = [(7 * positions[i]) % 120 + 3 for i in batch]
+        theirs = decode_logits(eager, starts, [blocks[i] for i in batch], tokens)
+        ours = decode_logits(compiled, starts, [blocks[i] for i in batch], tokens)
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+        for i in batch:
+            positions[i] += 1
+
+
 def test_every_batch_and_context_size_equals_eager(runners: tuple[ModelRunner, ModelRunner]) -> None:
     """Batches of 1 to 5 sequences (max_num_seqs 4 + the padding row's room), contexts from
     under one block to several, growing across block boundaries: the compiled step's
@@ -80,16 +99,9 @@ def test_every_batch_and_context_size_equals_eager(runners: tuple[ModelRunner, M
     prompts = [torch.randint(3, 128, (n,), generator=generator).tolist() for n in LENGTHS]
     for runner in runners:
         prefill(runner, prompts, blocks)
-    positions = list(LENGTHS)
     steps_before = graph.steps
-    for batch in ([0], [1], [0, 1], [2, 0, 4], [3, 1, 2, 0], [4], [0, 1, 2, 3], [2]) * 2:
-        starts = [positions[i] for i in batch]
-        tokens = [(7 * positions[i]) % 120 + 3 for i in batch]
-        theirs = decode_logits(eager, starts, [blocks[i] for i in batch], tokens)
-        ours = decode_logits(compiled, starts, [blocks[i] for i in batch], tokens)
-        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
-        for i in batch:
-            positions[i] += 1
+    batches = ([0], [1], [0, 1], [2, 0, 4], [3, 1, 2, 0], [4], [0, 1, 2, 3], [2]) * 2
+    decode_alike(compiled, eager, batches, list(LENGTHS), blocks)
     assert graph.steps - steps_before == 16 and graph.misses == 0
 
 
@@ -106,15 +118,8 @@ def test_a_graph_per_band_where_quantized_layers_change_path(tiny_dir: Path) -> 
     prompts = [[5 + i] * n for i, n in enumerate(LENGTHS[1:])]  # two blocks or more each
     for runner in (compiled, eager):
         prefill(runner, prompts, blocks)
-    positions, steps_before = list(LENGTHS[1:]), graph.steps
-    for batch in ([0], [0, 1], [0, 1, 2], [3, 2, 1, 0], [1, 3]):
-        starts = [positions[i] for i in batch]
-        tokens = [(3 * positions[i]) % 120 + 3 for i in batch]
-        theirs = decode_logits(eager, starts, [blocks[i] for i in batch], tokens)
-        ours = decode_logits(compiled, starts, [blocks[i] for i in batch], tokens)
-        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
-        for i in batch:
-            positions[i] += 1
+    steps_before = graph.steps
+    decode_alike(compiled, eager, ([0], [0, 1], [0, 1, 2], [3, 2, 1, 0], [1, 3]), list(LENGTHS[1:]), blocks)
     assert graph.steps - steps_before == 5 and graph.misses == 0
 
 
