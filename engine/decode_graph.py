@@ -17,7 +17,7 @@ where a quantized layer changes path (`Linear.max_quantized_rows`: its int4 weig
 16 rows, its dense one beyond), since a graph traces one path: with the default model's
 int4 layers, 2-16 rows and 17 to max_num_seqs + 1. Sizes of 1 would be
 graphs of their own, so a one-block table gets a padding row into the scratch block; a
-step the graphs do not cover (a prefill, a bigger batch) runs eagerly. Guards on the
+step the graphs do not cover (a prefill, a mixed step) runs eagerly. Guards on the
 model's weights are dropped (they never change after load), so a call checks only the
 step's own tensors.
 
