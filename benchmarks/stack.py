@@ -1,6 +1,6 @@
 """Start servers to benchmark on free ports: `tritium serve` on a model repository,
-llama.cpp's own `llama-server` (the peer, built by `python -m benchmarks.peer build`), or
-llama-cpp-python's single-slot server. Each is a context manager that stops its whole
+tritonserver alone, llama.cpp's own `llama-server` (the peer, built by `python -m
+benchmarks.peer build`), or llama-cpp-python's single-slot server. Each is a context manager that stops its whole
 process group on exit."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def free_port() -> int:
 def tritium_stack(
     repository: Path,
     log_dir: Path,
-    startup_timeout_s: float = 300,
+    startup_timeout_s: float = 600,  # `tritium serve`'s own default: a first start compiles
     serve_flags: tuple[str, ...] = (),
 ) -> Iterator[Endpoints]:
     """`tritium serve` on ``repository`` (plus ``serve_flags``); yields once the adapter
@@ -65,6 +65,29 @@ def tritium_stack(
     ready_url = endpoints.openai_url.removesuffix("/v1") + "/health/ready"
     with _process(command, endpoints.log_path, ready_url, startup_timeout_s, signal.SIGINT) as pid:
         yield replace(endpoints, pid=pid)
+
+
+@contextmanager
+def bare_tritonserver(repository: Path, log_path: Path, startup_timeout_s: float = 120) -> Iterator[Endpoints]:
+    """tritonserver alone (no adapter, no launcher) on ``repository``, as `tritium serve`
+    would start it; yields once Triton reports ready (its OpenAI URL is empty)."""
+    from tritium import tritonserver
+
+    executable = tritonserver.find_tritonserver()
+    http_port, grpc_port = free_port(), free_port()
+    options = tritonserver.TritonServerOptions(
+        executable=executable, model_repository=repository,
+        backend_directory=tritonserver.prepare_backend_dir(executable),
+        http_port=http_port, grpc_port=grpc_port, metrics_port=free_port(),
+        shm_region_prefix=f"tritium_bench_{grpc_port}_",
+    )  # fmt: skip
+    command = tritonserver.build_command(options)
+    environment = tritonserver.server_environment(executable)
+    base = f"http://127.0.0.1:{http_port}"
+    with _process(
+        command, log_path, f"{base}/v2/health/ready", startup_timeout_s, signal.SIGTERM, environment
+    ) as pid:
+        yield Endpoints("", f"127.0.0.1:{grpc_port}", base, log_path, pid)
 
 
 @contextmanager
@@ -110,12 +133,14 @@ def llama_cpp_server(
 
 @contextmanager
 def _process(
-    command: list[str], log_path: Path, ready_url: str, timeout_s: float, stop_signal: int
-) -> Iterator[int]:
+    command: list[str], log_path: Path, ready_url: str, timeout_s: float, stop_signal: int,
+    environment: dict[str, str] | None = None,
+) -> Iterator[int]:  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=environment,
+        )  # fmt: skip
     try:
         _wait_ready(process, ready_url, timeout_s, log_path)
         yield process.pid

@@ -92,8 +92,9 @@ class TritonSink:
     def is_cancelled(self) -> bool:
         """In band (a cancel request: at once) or by Triton (its gRPC call was cancelled:
         asked at most every CANCEL_POLL_S). Asking Triton is a round trip from the stub to
-        the server (~0.04-0.3 ms on 2 cores), which every running request would otherwise
-        pay every engine step; a cancelled request computes at most that much longer."""
+        the server (0.17-0.29 ms on 2 cores, `python -m benchmarks.triton_round_trips`),
+        which every running request would otherwise pay every engine step; a cancelled
+        request computes at most that much longer."""
         if self.cancelled:
             return True
         now = time.monotonic()
