@@ -192,8 +192,10 @@ class DecodeGraph:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
-        self.row_limits = tuple(row_limits)
-        self.max_rows = self.row_limits[-1]
+        self.max_rows = row_limits[-1]
+        # The batch sizes of each multi-row graph, (fewest, most) rows.
+        lows = [2, *(limit + 1 for limit in row_limits[:-1])]
+        self.bands = list(zip(lows, row_limits, strict=True))
         self.scratch_block = scratch_block
         self.ops = GraphOps()
         self.compile_seconds: float | None = None
@@ -208,14 +210,8 @@ class DecodeGraph:
                 dynamic=None,
                 options={"guard_filter_fn": _weights_unguarded},
             )
-            for _ in range(1 + len(self.row_limits))
+            for _ in range(1 + len(self.bands))
         )
-
-    @property
-    def bands(self) -> list[tuple[int, int]]:
-        """The batch sizes of each multi-row graph, (fewest, most) rows."""
-        lows = [2, *(limit + 1 for limit in self.row_limits[:-1])]
-        return list(zip(lows, self.row_limits, strict=True))
 
     def fit(
         self, starts: SequenceOf[int], query_lens: SequenceOf[int]
