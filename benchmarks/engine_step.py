@@ -3,6 +3,7 @@ where it goes (torch.profiler, by operator).
 
     .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 32 [--quantization none]
     .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 1 --compile-decode both
+    .venv/bin/python -m benchmarks.engine_step --dtype bfloat16 --num-seqs 1 --quantized-cpu-kernel both
 
 Prefills `--num-seqs` random 128-token prompts, then times `--steps` decode steps (all
 sequences decoding, contexts of 129 and up) and profiles `--profile-steps` more. It also
@@ -13,7 +14,8 @@ The profile's summary line counts the aten ops of one step and splits its self C
 into the matmuls (the weights' share) and everything else (per-op overhead, attention).
 `--num-threads 1` gives steadier numbers on a machine shared with other work.
 `--compile-decode both` times an eager and a compiled engine (engine/decode_graph.py) in
-alternated rounds instead of profiling one.
+alternated rounds instead of profiling one; `--quantized-cpu-kernel both` likewise an engine
+on torch's quantized kernels and one on ours (kernels/quant_matmul_cpu.py).
 """
 
 from __future__ import annotations
@@ -76,12 +78,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-decode", default="auto", choices=["auto", "on", "off", "both"],
                         help="the engine parameter; both: an eager and a compiled engine, their "
                         "decode steps timed in alternating rounds (--rounds), no profile")  # fmt: skip
+    parser.add_argument("--quantized-cpu-kernel", default="auto", choices=["auto", "ours", "torch", "both"],
+                        help="the engine parameter; both: an engine on torch's kernels and one on "
+                        "ours, timed in alternating rounds (--rounds), no profile")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of --steps (both)")
     args = parser.parse_args(argv)
+    if args.compile_decode == "both" and args.quantized_cpu_kernel == "both":
+        parser.error("one of --compile-decode and --quantized-cpu-kernel can be both")
     if args.compile_decode == "both":
-        compare_compiled(args)
+        compare(args, "compile_decode", {"off": "eager", "on": "compiled"})
         return
-    engine, prefill_s = prefilled_engine(args, args.compile_decode)
+    if args.quantized_cpu_kernel == "both":
+        compare(args, "quantized_cpu_kernel", {"torch": "torch's kernel", "ours": "our kernel"})
+        return
+    engine, prefill_s = prefilled_engine(args)
     times = timed_steps(engine, args.steps)
 
     dtype, layers = engine.runner.dtype, engine.runner.quantized_layers
@@ -110,17 +120,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"per {steps} decode steps:\n{table}")
 
 
-def prefilled_engine(args: argparse.Namespace, compile_decode: str) -> tuple[LLMEngine, float]:
+def prefilled_engine(args: argparse.Namespace, **overrides: str) -> tuple[LLMEngine, float]:
     """An engine with `--num-seqs` prompts prefilled, each with room for every step the run
-    times (and profiles); the prefill's seconds."""
+    times (and profiles); the prefill's seconds. `overrides`: engine parameters over the
+    flags'."""
     parameters = {"max_num_seqs": str(args.num_seqs), "max_num_batched_tokens": "512",
                   "max_model_len": "2048", "kv_cache_memory_mb": "1024", "dtype": args.dtype,
                   "quantization": args.quantization, "num_threads": str(args.num_threads),
-                  "compile_decode": compile_decode}  # fmt: skip
+                  "compile_decode": args.compile_decode,
+                  "quantized_cpu_kernel": args.quantized_cpu_kernel, **overrides}  # fmt: skip
     started = time.perf_counter()
     engine = LLMEngine(EngineConfig.from_parameters(default_weights_dir(), parameters))
     graph = engine.runner.decode_graph
-    print(f"compile_decode={compile_decode}: engine loaded in {time.perf_counter() - started:.1f} s"
+    shown = ", ".join(f"{k}={parameters[k]}" for k in ("compile_decode", "quantized_cpu_kernel"))
+    print(f"{shown}: engine loaded in {time.perf_counter() - started:.1f} s"
           + (f", of it {graph.compile_seconds:.1f} s compiling" if graph is not None else ""))  # fmt: skip
     decode_steps = args.steps * max(args.rounds, 1) + args.profile_steps + 1
     params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True)
@@ -144,29 +157,32 @@ def timed_steps(engine: LLMEngine, steps: int) -> list[float]:
     return times
 
 
-def compare_compiled(args: argparse.Namespace) -> None:
-    """Eager and compiled engines side by side in one process, rounds alternated, so the
-    machine's drift falls on both; prints each round's medians and their ratio."""
-    engines = {mode: prefilled_engine(args, mode)[0] for mode in ("off", "on")}
-    print(f"{args.num_seqs} sequences, {engines['on'].runner.dtype}, decode step median per round of {args.steps}:")
-    print("| round | eager ms | compiled ms | eager / compiled |")
+def compare(args: argparse.Namespace, parameter: str, labels: dict[str, str]) -> None:
+    """Two engines that differ in one parameter, side by side in one process, rounds
+    alternated, so the machine's drift falls on both; prints each round's medians and
+    their ratio (first / second)."""
+    engines = {value: prefilled_engine(args, **{parameter: value})[0] for value in labels}
+    (first, first_label), (second, second_label) = labels.items()
+    print(f"{args.num_seqs} sequences, {engines[second].runner.dtype}, decode step median per round of {args.steps}:")
+    print(f"| round | {first_label} ms | {second_label} ms | {first_label} / {second_label} |")
     print("|---|---|---|---|")
-    medians: dict[str, list[float]] = {"off": [], "on": []}
+    medians: dict[str, list[float]] = {value: [] for value in labels}
     for round_ in range(1, args.rounds + 1):
-        for mode, engine in engines.items():
-            medians[mode].append(statistics.median(timed_steps(engine, args.steps)) * 1e3)
-        eager, compiled = medians["off"][-1], medians["on"][-1]
-        print(f"| {round_} | {eager:.1f} | {compiled:.1f} | {eager / compiled:.2f}x |", flush=True)
-    eager, compiled = statistics.median(medians["off"]), statistics.median(medians["on"])
-    print(f"| median | {eager:.1f} | {compiled:.1f} | {eager / compiled:.2f}x |")
-    graph = engines["on"].runner.decode_graph
-    assert graph is not None
-    print(f"compiled graph: {graph.steps} steps, {graph.misses} run eagerly")
+        for value, engine in engines.items():
+            medians[value].append(statistics.median(timed_steps(engine, args.steps)) * 1e3)
+        a, b = medians[first][-1], medians[second][-1]
+        print(f"| {round_} | {a:.1f} | {b:.1f} | {a / b:.2f}x |", flush=True)
+    a, b = statistics.median(medians[first]), statistics.median(medians[second])
+    print(f"| median | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+    for value, engine in engines.items():
+        graph = engine.runner.decode_graph
+        if graph is not None:
+            print(f"{labels[value]}: compiled graph {graph.steps} steps, {graph.misses} run eagerly")
 
 
 # Operators that multiply by the weights: what a decode step must spend.
 _MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int4pack_mm_for_cpu",
-               "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm"}  # fmt: skip
+               "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm", "tritium_cpu::quant_mm"}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ the mean KL divergence from the reference's next-token distribution, how often t
 token agrees, and the perplexity of the text:
 
 - `quantized`: the engine as it serves the default model (`quantization: auto`: the GGUF's
-  Q4_1 layers and Q8_0 LM head, bf16 activations);
-- `dense bf16`: the same weights dequantized to bf16 (`quantization: none`), which is what
-  the engine served before; `quantized fp32`, `dense fp32`: the same in float32.
+  Q4_1 layers and Q8_0 LM head, bf16 activations, our CPU kernel where the CPU has AVX-512
+  VNNI: activations quantized to int8 per 32 columns, as llama.cpp does);
+- `quantized, torch's kernel`: the same with torch's weight-only kernels (float products);
+- `dense bf16`: the same weights dequantized to bf16 (`quantization: none`);
+  `quantized fp32, torch's kernel`: transformers' own arithmetic on the GGUF's values;
+  `dense fp32`: the dense package in float32.
 
 With `--llama-cpp`, llama.cpp's own `llama-perplexity` (built by `python -m benchmarks.peer
 build`) measures what its run of the Q4_1 file costs against its run of the same weights
@@ -44,8 +47,9 @@ from engine.package import default_gguf_path
 TEXT = Path(__file__).resolve().parent / "data" / "accuracy_text.md"
 SETTINGS = {  # name -> config.pbtxt parameters over the common ones
     "quantized": {"dtype": "bfloat16"},
+    "quantized, torch's kernel": {"dtype": "bfloat16", "quantized_cpu_kernel": "torch"},
     "dense bf16": {"dtype": "bfloat16", "quantization": "none"},
-    "quantized fp32": {"dtype": "float32", "quantization": "gguf"},
+    "quantized fp32, torch's kernel": {"dtype": "float32", "quantization": "gguf", "quantized_cpu_kernel": "torch"},
     "dense fp32": {"dtype": "float32", "quantization": "none"},
 }
 

@@ -203,6 +203,10 @@ class EngineConfig:
     # Matmuls of up to this many rows use the quantized weight, bigger ones the dense one;
     # None = per bits, where torch's CPU kernels stop paying (engine.quantization.DEFAULT_MAX_ROWS).
     quantized_max_rows: int | None = None
+    # Which CPU kernel runs quantized matmuls (kernels/quant_matmul_cpu.py): "auto" = ours
+    # where the CPU has AVX-512 VNNI and it builds, else torch's; "ours" (an error where it
+    # cannot run); "torch" = torch's weight-only kernels.
+    quantized_cpu_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -218,6 +222,10 @@ class EngineConfig:
         if self.quantization not in QUANTIZATION_MODES:
             raise ConfigError(
                 f"quantization must be {', '.join(QUANTIZATION_MODES)}, got {self.quantization!r}"
+            )
+        if self.quantized_cpu_kernel not in ("auto", "ours", "torch"):
+            raise ConfigError(
+                f"quantized_cpu_kernel must be auto, ours or torch, got {self.quantized_cpu_kernel!r}"
             )
         if self.quantized_max_rows is not None and self.quantized_max_rows < 0:
             raise ConfigError(f"quantized_max_rows must be >= 0 or auto, got {self.quantized_max_rows}")
@@ -309,6 +317,7 @@ _PARAMETERS: dict[str, tuple[str, Any]] = {
     "tool_call_format": ("engine.tool_call_format", _str),
     "quantization": ("engine.quantization", _str),
     "quantized_max_rows": ("engine.quantized_max_rows", _int_or_auto),
+    "quantized_cpu_kernel": ("engine.quantized_cpu_kernel", _str),
 }
 
 # config.pbtxt parameter -> what it means (`tritium serve MODEL --<parameter>` help text).
@@ -333,6 +342,8 @@ PARAMETER_HELP: dict[str, str] = {
     "int4/int8: also quantize the other layers at load)",
     "quantized_max_rows": "matmuls of up to this many rows use the quantized weights, larger ones the "
     "dense copy (default auto: 16 for 4-bit weights, 4 for 8-bit)",
+    "quantized_cpu_kernel": "auto, ours or torch: the CPU kernel of quantized matmuls (auto: ours, "
+    "int8 products with AVX-512 VNNI, where the CPU has it; else torch's weight-only kernels)",
 }
 assert set(PARAMETER_HELP) == set(_PARAMETERS)
 

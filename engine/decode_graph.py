@@ -13,9 +13,10 @@ plan, no per-step Python state). A few graphs serve every decode step of 1 to `m
 sequences at any context length: one for a lone sequence (the block-table width dynamic)
 and one per band of batch sizes (the batch dynamic too), each compiled once at load by a
 warm-up step on a scratch KV block the block manager never hands out. The bands split
-where a quantized layer changes path (`Linear.max_quantized_rows`: its int4 weight up to
-16 rows, its dense one beyond), since a graph traces one path: with the default model's
-int4 layers, 2-16 rows and 17 to max_num_seqs + 1. Sizes of 1 would be
+where a quantized layer changes path (`Linear.max_quantized_rows`: with torch's int4
+kernel its quantized weight up to 16 rows, its dense one beyond), since a graph traces one
+path: then 2-16 rows and 17 to max_num_seqs + 1; with our CPU kernel, which takes every
+row count, one band 2 to max_num_seqs + 1. Sizes of 1 would be
 graphs of their own, so a one-block table gets a padding row into the scratch block; a
 step the graphs do not cover (a prefill, a mixed step) runs eagerly. Guards on the
 model's weights are dropped (they never change after load), so a call checks only the

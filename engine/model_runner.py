@@ -67,6 +67,7 @@ class ModelRunner:
             config.quantized_max_rows,
             self.dtype,
             self.device,
+            config.quantized_cpu_kernel,
         )
         element_bytes = torch.empty((), dtype=self.dtype).element_size()
         # K and V, every layer, one block of positions.

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kernels import quant_matmul_cpu
+
 # The int4 packing is the CUDA kernel's layout, defined once beside it.
 from kernels.quant_matmul import pack_int4, unpack_int4
 
@@ -50,6 +52,9 @@ FILE_FORMAT = "tritium-quantized-1"
 # Rows up to which a matmul takes the quantized weight, by bits, when the config does not
 # say: about where torch's CPU kernels stop beating bf16 on the project's machine.
 DEFAULT_MAX_ROWS = {4: 16, 8: 4}
+# Our kernel (kernels/quant_matmul_cpu.py) beat oneDNN's bf16 GEMM at every row count
+# measured, 1 to 512 (the prefill chunk): every matmul takes the quantized weight.
+OURS_MAX_ROWS = 1 << 30
 INT4_GROUP = 32  # `quantization: int4` of a dense checkpoint: Q4_1's layout
 
 
@@ -252,11 +257,24 @@ def load_quantized(path: Path) -> dict[str, tuple[QuantizedTensor, str]]:
 class QuantizedMatmul:
     """x [M, K] -> x @ W^T [M, N] in x's dtype, W quantized; built once per linear layer."""
 
-    def __init__(self, tensor: QuantizedTensor, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        tensor: QuantizedTensor,
+        dtype: torch.dtype,
+        device: torch.device,
+        cpu_kernel: str = "auto",  # "auto": ours where it builds and fits, else torch's; "ours"; "torch"
+    ) -> None:
         self.bits = tensor.bits
         self.rows, self.columns = tensor.shape
         self.device = device
-        if device.type == "cpu":
+        self.packed: quant_matmul_cpu.PackedWeight | None = None
+        if cpu_kernel not in ("auto", "ours", "torch"):
+            raise ValueError(f"cpu_kernel must be auto, ours or torch, got {cpu_kernel!r}")
+        if device.type == "cpu" and cpu_kernel != "torch" and self._ours_fits(tensor, cpu_kernel == "ours"):
+            self.packed = quant_matmul_cpu.pack(
+                tensor.values(), tensor.scales, tensor.zeros, tensor.bits, tensor.group_size
+            )
+        elif device.type == "cpu":
             self._prepare_cpu(tensor, dtype)
         else:
             self.tensor = QuantizedTensor(
@@ -266,6 +284,22 @@ class QuantizedMatmul:
                 tensor.scales.to(device),
                 None if tensor.zeros is None else tensor.zeros.to(device),
             )
+
+    @staticmethod
+    def _ours_fits(tensor: QuantizedTensor, required: bool) -> bool:
+        fits = quant_matmul_cpu.fits(tensor.bits, tensor.group_size, tensor.shape[1])
+        if fits and quant_matmul_cpu.available():
+            return True
+        if required:
+            why = "its K or group size is not a multiple of 32" if not fits else "it is not available here"
+            raise QuantizationError(f"the CPU quantized kernel cannot run a {tensor.shape} weight: {why}")
+        return False
+
+    @property
+    def default_max_rows(self) -> int:
+        """Rows up to which this matmul beats the dense bf16 one on the project's CPU
+        (`quantized_max_rows` when the config does not say)."""
+        return OURS_MAX_ROWS if self.packed is not None else DEFAULT_MAX_ROWS[self.bits]
 
     def _prepare_cpu(self, tensor: QuantizedTensor, dtype: torch.dtype) -> None:
         self.planes = 1  # 2: a grouped int8 weight as two int4 planes; 0: torch's int8 kernel
@@ -293,6 +327,8 @@ class QuantizedMatmul:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
+        if self.packed is not None:
+            return quant_matmul_cpu.quant_mm(x, self.packed)
         if self.device.type != "cpu":
             from kernels.quant_matmul import quant_matmul
 
@@ -310,6 +346,8 @@ class QuantizedMatmul:
         return out if out.shape[1] == self.rows else out[:, : self.rows]
 
     def nbytes(self) -> int:
+        if self.packed is not None:
+            return self.packed.nbytes()
         if self.device.type != "cpu":
             t = self.tensor
             parts: Iterable[torch.Tensor | None] = (t.qweight, t.scales, t.zeros)

@@ -21,7 +21,6 @@ from safetensors import safe_open
 
 from engine.models.layers import Linear, WeightSlot
 from engine.quantization import (
-    DEFAULT_MAX_ROWS,
     QUANTIZED_FILE,
     QuantizationError,
     QuantizedMatmul,
@@ -134,6 +133,7 @@ def quantize_linears(
     max_rows: int | None,
     dtype: torch.dtype,
     device: torch.device,
+    cpu_kernel: str = "auto",
 ) -> dict[str, int]:
     """Give the model's `Linear` layers their quantized weights (after `load_weights`).
 
@@ -172,8 +172,8 @@ def quantize_linears(
         else:
             counts["dense"] = counts.get("dense", 0) + 1
             continue
-        rows = DEFAULT_MAX_ROWS[tensor.bits] if max_rows is None else max_rows
-        layer.quantize(QuantizedMatmul(tensor, dtype, device), rows)
+        matmul = QuantizedMatmul(tensor, dtype, device, cpu_kernel)
+        layer.quantize(matmul, matmul.default_max_rows if max_rows is None else max_rows)
         counts[how] = counts.get(how, 0) + 1
     logger.info("quantized linear layers: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return counts

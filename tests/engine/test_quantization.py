@@ -29,6 +29,7 @@ from engine.model_runner import ModelRunner
 from engine.models.layers import Linear
 from engine.package import WEIGHTS_DIR, package_model
 from engine.quantization import (
+    OURS_MAX_ROWS,
     QUANTIZED_FILE,
     QuantizedMatmul,
     from_gguf_blocks,
@@ -38,6 +39,7 @@ from engine.quantization import (
     quantize_int8,
     unpack_int4,
 )
+from kernels import quant_matmul_cpu
 from tests.engine.test_architectures import teacher_forced_logits
 from tests.engine.tiny_architectures import TinyArchitecture
 
@@ -79,14 +81,22 @@ def test_int4_packing_round_trips_and_quantizers_stay_within_half_a_step() -> No
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 5, 33])
 def test_cpu_quantized_matmul_multiplies_by_the_weight_it_stands_for(dtype: torch.dtype, rows: int) -> None:
+    # torch's kernels multiply in float; ours (kernels/quant_matmul_cpu.py, tested exactly
+    # in tests/kernels) quantizes activations to int8 per 32 columns: within ~1%
+    # (bf16: its own rounding on top).
     weight = torch.randn(40, 128) * 0.1
     x = torch.randn(rows, 128).to(dtype)
-    for tensor in (quantize_int4(weight), quantize_int4(weight, group_size=64), quantize_int8(weight)):
-        expected = x.float() @ tensor.dequantize().T
-        got = QuantizedMatmul(tensor, dtype, torch.device("cpu"))(x)
-        assert got.dtype == dtype and got.shape == (rows, 40)
-        tolerance = 1e-4 if dtype == torch.float32 else 3e-2
-        torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
+    kernels = ["torch", "ours"] if quant_matmul_cpu.available() else ["torch"]
+    for kernel in kernels:
+        for tensor in (quantize_int4(weight), quantize_int4(weight, group_size=64), quantize_int8(weight)):
+            expected = x.float() @ tensor.dequantize().T
+            got = QuantizedMatmul(tensor, dtype, torch.device("cpu"), kernel)(x)
+            assert got.dtype == dtype and got.shape == (rows, 40)
+            if kernel == "ours":
+                assert ((got.float() - expected).norm() / expected.norm()).item() < 0.015
+                continue
+            tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+            torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
 
 
 def test_q8_0_runs_exactly_on_cpu_as_two_int4_planes() -> None:
@@ -95,12 +105,12 @@ def test_q8_0_runs_exactly_on_cpu_as_two_int4_planes() -> None:
     weight = RNG.normal(0, 0.05, size=(20, 96)).astype(np.float32)  # 40 plane rows: padded
     tensor = from_gguf_blocks("Q8_0", quants.quantize(weight, GgmlType.Q8_0), 96)
     exact = tensor.dequantize()
-    matmul = QuantizedMatmul(tensor, torch.float32, torch.device("cpu"))
+    matmul = QuantizedMatmul(tensor, torch.float32, torch.device("cpu"), "torch")
     got = matmul(torch.eye(96)).T  # the weight itself
     torch.testing.assert_close(got, exact, atol=1e-6, rtol=1e-6)
     x = torch.randn(3, 96)
     torch.testing.assert_close(matmul(x), x @ exact.T, atol=1e-4, rtol=1e-4)
-    per_channel = QuantizedMatmul(quantize_int8(exact), torch.float32, torch.device("cpu"))
+    per_channel = QuantizedMatmul(quantize_int8(exact), torch.float32, torch.device("cpu"), "torch")
     assert (per_channel(torch.eye(96)).T - exact).abs().max() > 100 * (got - exact).abs().max()
 
 
@@ -196,7 +206,8 @@ def test_the_engine_on_quantized_weights_equals_transformers_on_the_gguf(quantiz
     # Every matmul through the int4 kernels (rows up to 64: the prefill too), fp32 activations.
     parameters = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32", "max_model_len": "64", "compile_decode": "off",
                   "device": "cpu", "use_kernels": "off", "quantized_max_rows": "64",
-                  "quantization": "gguf"}  # auto would keep float32 on CPU dense  # fmt: skip
+                  "quantization": "gguf",  # auto would keep float32 on CPU dense
+                  "quantized_cpu_kernel": "torch"}  # float products: transformers' arithmetic  # fmt: skip
     runner = ModelRunner(EngineConfig.from_parameters(weights_dir, parameters))
     assert runner.quantized_layers == {"Q4_1": 2 * 2, "Q4_0": 2 * 2 + 1}  # qkv, down / o, gate_up, lm_head
     auto = ModelRunner(EngineConfig.from_parameters(weights_dir, {**parameters, "quantization": "auto"}))
@@ -211,6 +222,19 @@ def test_the_engine_on_quantized_weights_equals_transformers_on_the_gguf(quantiz
     dense_logits = teacher_forced_logits(dense, prompt, prefill_len=7)
     torch.testing.assert_close(dense_logits, theirs, atol=0.2, rtol=0.2)
     assert (dense_logits - theirs).abs().max() > 10 * (ours - theirs).abs().max()
+    if quant_matmul_cpu.available():  # ours: int8 activations, as llama.cpp multiplies these blocks
+        int8_products = ModelRunner(EngineConfig.from_parameters(weights_dir, {**parameters, "quantized_cpu_kernel": "ours"}))
+        logits = teacher_forced_logits(int8_products, prompt, prefill_len=7)
+
+        def kl(a: torch.Tensor) -> float:
+            each = torch.nn.functional.kl_div(a.log_softmax(-1), theirs.log_softmax(-1), log_target=True, reduction="none")
+            return each.sum(-1).mean().item()
+
+        # A random tiny model feels int8 activations more than the real one does (mean KL
+        # 0.002 here; the default model's budget is measured by benchmarks/quant_accuracy.py);
+        # a layer wired wrong would be off by a KL of order 1.
+        assert 0 < kl(logits) < 0.01
+        assert (logits.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.9
 
 
 def test_int8_and_int4_quantize_a_dense_checkpoint_at_load(quantized_llama: tuple[Path, Path]) -> None:
@@ -221,13 +245,18 @@ def test_int8_and_int4_quantize_a_dense_checkpoint_at_load(quantized_llama: tupl
     int4 = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantization": "int4"}))
     assert int4.quantized_layers == {"Q4_1": 4, "Q4_0": 5}  # the package's own int4 tensors
     layer = int4.model.layers[0].mlp.down_proj
-    assert layer.max_quantized_rows == 16  # int4's default
+    assert layer.quantized is not None and layer.max_quantized_rows == layer.quantized.default_max_rows
+    assert int8.model.layers[0].mlp.down_proj.max_quantized_rows == (OURS_MAX_ROWS if quant_matmul_cpu.available() else 4)
+    torch_kernel = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantization": "int4", "quantized_cpu_kernel": "torch"}))
+    assert torch_kernel.model.layers[0].mlp.down_proj.max_quantized_rows == 16  # where torch's int4 stops paying
 
 
 def test_quantization_settings_are_checked_by_name(quantized_llama: tuple[Path, Path]) -> None:
     _, weights_dir = quantized_llama
     with pytest.raises(ConfigError, match="quantization must be auto, gguf, none, int4, int8"):
         EngineConfig.from_parameters(weights_dir, {"quantization": "fp8"})
+    with pytest.raises(ConfigError, match="quantized_cpu_kernel must be auto, ours or torch"):
+        EngineConfig.from_parameters(weights_dir, {"quantized_cpu_kernel": "avx"})
     with pytest.raises(ConfigError, match="quantized_max_rows must be an integer"):
         EngineConfig.from_parameters(weights_dir, {"quantized_max_rows": "many"})
     assert EngineConfig.from_parameters(weights_dir, {"quantized_max_rows": "auto"}).quantized_max_rows is None
