@@ -114,14 +114,16 @@ class TritonSink:
 
 
 def _log_engine_to_stderr(model_name: str) -> None:
-    """The `engine` loggers write to the stub's stderr, which is Triton's log, each line
-    starting `tritium-engine[<model>]: ` (tritium.progress shows the loading ones)."""
+    """The `engine` and `kernels` loggers (the latter: whether our CPU quantized kernel
+    built) write to the stub's stderr, which is Triton's log, each line starting
+    `tritium-engine[<model>]: ` (tritium.progress shows the loading ones)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"tritium-engine[{model_name}]: %(message)s"))
-    engine_logger = logging.getLogger("engine")
-    engine_logger.handlers = [handler]
-    engine_logger.setLevel(logging.INFO)
-    engine_logger.propagate = False
+    for name in ("engine", "kernels"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 class _TritonMetricSink:

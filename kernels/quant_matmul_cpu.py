@@ -9,9 +9,10 @@ instruction) is what llama.cpp does for the same formats, and the numbers behind
 switch are in docs/benchmarks.md (`python -m benchmarks.quant_crossover`).
 
 The C++ source is compiled once per machine by torch's extension builder (g++ and ninja,
-cached under TORCH_EXTENSIONS_DIR, ~15 s) the first time a quantized layer is built on a
-CPU with AVX-512 VNNI; where it cannot be (no VNNI, no compiler, a shape it does not take)
-`engine.quantization.QuantizedMatmul` keeps torch's kernels, and says so in the log.
+cached under TORCH_EXTENSIONS_DIR, ~25 s on 2 cores) the first time a quantized layer is
+built on a CPU with AVX-512 VNNI. Where it cannot run (no VNNI or no compiler, which the
+log says; a layer whose K or group size is not in 32s)
+`engine.quantization.QuantizedMatmul` keeps torch's kernels.
 
 `pack` turns the engine's `QuantizedTensor` into the kernel's layout (the .cpp's header
 describes it); `quant_mm` runs it, and works inside `torch.compile` graphs (a fake
