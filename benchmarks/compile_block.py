@@ -5,8 +5,8 @@ first layer's MLP block, eager against compiled, alternated in one process.
 
 The block is what follows attention in a Llama layer: the residual add, RMSNorm (HF's
 rounding), the fused gate/up matmul, SiLU(gate) * up and the down matmul, with the int4
-weights the default package serves (torch's `_weight_int4pack_mm_for_cpu`, an extern call
-for inductor). Eager is the engine's own code (`TorchOps.rms_norm`, `GatedMLP`); compiled is
+weights the default package serves on torch's kernel (`_weight_int4pack_mm_for_cpu`, an
+extern call for inductor; `quantized_cpu_kernel: torch`, as when this was measured). Eager is the engine's own code (`TorchOps.rms_norm`, `GatedMLP`); compiled is
 the same arithmetic as one function under `torch.compile` (inductor, C++ on CPU, static
 shapes). Prints the compile time and the microseconds per call of each, alternated `--runs` times.
 """
@@ -57,7 +57,7 @@ def first_mlp_block() -> tuple[tuple, Callable[[], tuple[torch.Tensor, torch.Ten
     """`mlp_block`'s arguments for the default model's first layer, one random token, and the
     engine's own eager code for the same block."""
     parameters = {"dtype": "bfloat16", "quantization": "gguf", "kv_num_blocks": "4",
-                  "max_model_len": "64"}  # fmt: skip
+                  "max_model_len": "64", "quantized_cpu_kernel": "torch"}  # fmt: skip
     runner = ModelRunner(EngineConfig.from_parameters(default_weights_dir(), parameters))
     layer, ops = runner.model.layers[0], runner.ops
     gate_up, down = layer.mlp.gate_up_proj.quantized, layer.mlp.down_proj.quantized
