@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.engine_offline import default_weights_dir, synthetic_prompts
 from engine.api import GenerationRequest
-from engine.config import EngineConfig
+from engine.config import QUANTIZED_CPU_KERNELS, EngineConfig
 from engine.llm_engine import LLMEngine, PreparedRequest
 from engine.models.layers import Linear
 from engine.sampling_params import SamplingParams
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-decode", default="auto", choices=["auto", "on", "off", "both"],
                         help="the engine parameter; both: an eager and a compiled engine, their "
                         "decode steps timed in alternating rounds (--rounds), no profile")  # fmt: skip
-    parser.add_argument("--quantized-cpu-kernel", default="auto", choices=["auto", "ours", "torch", "both"],
+    parser.add_argument("--quantized-cpu-kernel", default="auto", choices=[*QUANTIZED_CPU_KERNELS, "both"],
                         help="the engine parameter; both: an engine on torch's kernels and one on "
                         "ours, timed in alternating rounds (--rounds), no profile")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of --steps (both)")

@@ -201,7 +201,8 @@ class EngineConfig:
     # bits, else quantized from the dense weights at load).
     quantization: str = "auto"
     # Matmuls of up to this many rows use the quantized weight, bigger ones the dense one;
-    # None = per bits, where torch's CPU kernels stop paying (engine.quantization.DEFAULT_MAX_ROWS).
+    # None = where the layer's kernel stops paying (QuantizedMatmul.default_max_rows: every
+    # row count on our CPU kernel; per bits on torch's, engine.quantization.DEFAULT_MAX_ROWS).
     quantized_max_rows: int | None = None
     # Which CPU kernel runs quantized matmuls (kernels/quant_matmul_cpu.py): "auto" = ours
     # where the CPU has AVX-512 VNNI and it builds, else torch's; "ours" (an error where it
@@ -223,9 +224,10 @@ class EngineConfig:
             raise ConfigError(
                 f"quantization must be {', '.join(QUANTIZATION_MODES)}, got {self.quantization!r}"
             )
-        if self.quantized_cpu_kernel not in ("auto", "ours", "torch"):
+        if self.quantized_cpu_kernel not in QUANTIZED_CPU_KERNELS:
             raise ConfigError(
-                f"quantized_cpu_kernel must be auto, ours or torch, got {self.quantized_cpu_kernel!r}"
+                f"quantized_cpu_kernel must be {', '.join(QUANTIZED_CPU_KERNELS[:-1])} or {QUANTIZED_CPU_KERNELS[-1]}, "
+                f"got {self.quantized_cpu_kernel!r}"
             )
         if self.quantized_max_rows is not None and self.quantized_max_rows < 0:
             raise ConfigError(f"quantized_max_rows must be >= 0 or auto, got {self.quantized_max_rows}")
@@ -298,6 +300,7 @@ def _int_or_auto(key: str, value: str) -> int | None:
 
 
 QUANTIZATION_MODES = ("auto", "gguf", "none", "int4", "int8")
+QUANTIZED_CPU_KERNELS = ("auto", "ours", "torch")  # engine.quantization.QuantizedMatmul
 
 
 # config.pbtxt parameter -> (group.field, parser). The one table of tunables.
@@ -341,7 +344,8 @@ PARAMETER_HELP: dict[str, str] = {
     "GGUF's own Q4_0/Q4_1/Q4_K/Q8_0 tensors as they are; auto: gguf, but dense for float32 on CPU; "
     "int4/int8: also quantize the other layers at load)",
     "quantized_max_rows": "matmuls of up to this many rows use the quantized weights, larger ones the "
-    "dense copy (default auto: 16 for 4-bit weights, 4 for 8-bit)",
+    "dense copy (default auto: every row count on our CPU kernel; on torch's, 16 for 4-bit weights, "
+    "4 for 8-bit)",
     "quantized_cpu_kernel": "auto, ours or torch: the CPU kernel of quantized matmuls (auto: ours, "
     "int8 products with AVX-512 VNNI, where the CPU has it; else torch's weight-only kernels)",
 }
