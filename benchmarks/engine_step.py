@@ -15,7 +15,7 @@ into the matmuls (the weights' share) and everything else (per-op overhead, atte
 `--num-threads 1` gives steadier numbers on a machine shared with other work.
 `--compile-decode both` times an eager and a compiled engine (engine/decode_graph.py) in
 alternated rounds instead of profiling one; `--quantized-cpu-kernel both` likewise an engine
-on torch's quantized kernels and one on ours (kernels/quant_matmul_cpu.py).
+on torch's quantized kernels and one on ours (tritium_kernels/quant_matmul_cpu.py).
 """
 
 from __future__ import annotations

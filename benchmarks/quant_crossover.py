@@ -5,7 +5,7 @@ have.
     .venv/bin/python -m benchmarks.quant_crossover [--rows 1 2 4 8 16 32 64 512] [--repeats 20]
 
 Builds the engine's runner on the default package (`quantization: gguf`, bf16) twice, once
-per `quantized_cpu_kernel` (ours, kernels/quant_matmul_cpu.py, and torch's), and times, per
+per `quantized_cpu_kernel` (ours, tritium_kernels/quant_matmul_cpu.py, and torch's), and times, per
 row count, one step's worth of matmuls: every `Linear` of the model (30 layers' qkv, o,
 gate_up and down, and the LM head) with its dense weight (`F.linear`, oneDNN) and with its
 quantized one (`QuantizedMatmul`: Q4_1 and the Q8_0 head; torch's kernel runs the head as

@@ -204,7 +204,7 @@ class EngineConfig:
     # None = where the layer's kernel stops paying (QuantizedMatmul.default_max_rows: every
     # row count on our CPU kernel; per bits on torch's, engine.quantization.DEFAULT_MAX_ROWS).
     quantized_max_rows: int | None = None
-    # Which CPU kernel runs quantized matmuls (kernels/quant_matmul_cpu.py): "auto" = ours
+    # Which CPU kernel runs quantized matmuls (tritium_kernels/quant_matmul_cpu.py): "auto" = ours
     # where the CPU has AVX-512 VNNI and it builds, else torch's; "ours" (an error where it
     # cannot run); "torch" = torch's weight-only kernels.
     quantized_cpu_kernel: str = "auto"

@@ -3,7 +3,7 @@
 
 The model runner picks them on CUDA (`use_kernels` "auto" / "on") and `TorchOps` /
 `TorchSampling` on CPU. Tests run the whole engine step through them on CPU under
-Triton's interpreter (switched on before `kernels` is first imported, see
+Triton's interpreter (switched on before `tritium_kernels` is first imported, see
 tests/kernels/conftest.py), which is why only the kernel backend imports this module.
 `rope_and_write_kv` here is one pass over the keys; `KernelSampling.choose` samples
 every row, greedy or not, in one sort-free kernel call.
@@ -16,11 +16,11 @@ import torch
 from engine.attention import AttentionMetadata
 from engine.request import Sequence
 from engine.sampler import Penalties, choice_key, engine_generator
-from kernels.attention import paged_attention, write_kv_cache
-from kernels.penalties import apply_logit_bias, apply_penalties
-from kernels.rmsnorm import rms_norm
-from kernels.rope import rope, rope_and_write_kv
-from kernels.sampling import pack_token_mask, sample
+from tritium_kernels.attention import paged_attention, write_kv_cache
+from tritium_kernels.penalties import apply_logit_bias, apply_penalties
+from tritium_kernels.rmsnorm import rms_norm
+from tritium_kernels.rope import rope, rope_and_write_kv
+from tritium_kernels.sampling import pack_token_mask, sample
 
 
 class KernelOps:
@@ -110,8 +110,8 @@ class KernelOps:
 
 
 class KernelSampling:
-    """`engine.sampler.SamplingBackend` on the fused kernels (`kernels.penalties`,
-    `kernels.sampling`); a seeded row's Philox key comes from (seed, choice index) and
+    """`engine.sampler.SamplingBackend` on the fused kernels (`tritium_kernels.penalties`,
+    `tritium_kernels.sampling`); a seeded row's Philox key comes from (seed, choice index) and
     its counter offset is the output position."""
 
     def __init__(self, seed: int | None = None) -> None:

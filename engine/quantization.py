@@ -1,7 +1,7 @@
 """Weight-only quantized linear layers: int4 and int8 weights, activations in the run dtype.
 
 One format for every quantized weight the engine holds (`QuantizedTensor`), the CUDA
-kernel's (`kernels/quant_matmul.py`) and the one `tritium package` writes from a GGUF:
+kernel's (`tritium_kernels/quant_matmul.py`) and the one `tritium package` writes from a GGUF:
 
 - int4: `qweight` uint8 [N, K / 2], byte j of a row holding column 2j in its low nibble
   and 2j + 1 in its high nibble (values 0..15); `scales` and `zeros` float32
@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import QUANTIZED_CPU_KERNELS
-from kernels import quant_matmul_cpu
+from tritium_kernels import quant_matmul_cpu
 
 # The int4 packing is the CUDA kernel's layout, defined once beside it.
-from kernels.quant_matmul import pack_int4, unpack_int4
+from tritium_kernels.quant_matmul import pack_int4, unpack_int4
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ FILE_FORMAT = "tritium-quantized-1"
 # Rows up to which a matmul takes the quantized weight, by bits, when the config does not
 # say: about where torch's CPU kernels stop beating bf16 on the project's machine.
 DEFAULT_MAX_ROWS = {4: 16, 8: 4}
-# Our kernel (kernels/quant_matmul_cpu.py) beat oneDNN's bf16 GEMM at every row count
+# Our kernel (tritium_kernels/quant_matmul_cpu.py) beat oneDNN's bf16 GEMM at every row count
 # measured, 1 to 512 (the prefill chunk): every matmul takes the quantized weight.
 OURS_MAX_ROWS = 1 << 30
 INT4_GROUP = 32  # `quantization: int4` of a dense checkpoint: Q4_1's layout
@@ -331,7 +331,7 @@ class QuantizedMatmul:
         if self.packed is not None:
             return quant_matmul_cpu.quant_mm(x, self.packed)
         if self.device.type != "cpu":
-            from kernels.quant_matmul import quant_matmul
+            from tritium_kernels.quant_matmul import quant_matmul
 
             t = self.tensor
             return quant_matmul(

@@ -14,7 +14,7 @@ Order of operations (each only on the rows that ask for it):
   5. greedy rows (temperature 0) take the argmax, the lowest token id among tied maxima;
   6. the others: temperature, then top_k, top_p, min_p, then sample.
 
-The sampling rule, one for both backends (`kernels.sampling.sampling_probs_ref` is the
+The sampling rule, one for both backends (`tritium_kernels.sampling.sampling_probs_ref` is the
 kernel's reference of it). Per row, x = logits / temperature over the allowed tokens:
   - top_k keeps x >= the k-th largest value of x;
   - top_p keeps x >= t_p, the largest value whose upper set {x >= t_p} holds at least
@@ -40,7 +40,7 @@ Two backends behind `SamplingBackend`, picked once when the Sampler is built:
 - `TorchSampling` (the CPU default): the steps above in torch; a seeded row's noise
   comes from a torch generator seeded by `row_seed(seed, index, position)`;
 - `engine.kernel_ops.KernelSampling`: penalties and the additions through
-  `kernels.penalties`, steps 4-6 in one sort-free `kernels.sampling.sample` call; a
+  `tritium_kernels.penalties`, steps 4-6 in one sort-free `tritium_kernels.sampling.sample` call; a
   seeded row's Philox key is `choice_key(seed, index)` and its counter offset the
   output position. Same distribution, different random stream: a seed gives the same
   tokens run after run on one backend, not across backends.

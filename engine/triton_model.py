@@ -114,12 +114,12 @@ class TritonSink:
 
 
 def _log_engine_to_stderr(model_name: str) -> None:
-    """The `engine` and `kernels` loggers (the latter: whether our CPU quantized kernel
+    """The `engine` and `tritium_kernels` loggers (the latter: whether our CPU quantized kernel
     built) write to the stub's stderr, which is Triton's log, each line starting
     `tritium-engine[<model>]: ` (tritium.progress shows the loading ones)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"tritium-engine[{model_name}]: %(message)s"))
-    for name in ("engine", "kernels"):
+    for name in ("engine", "tritium_kernels"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(logging.INFO)

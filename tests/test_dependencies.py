@@ -19,7 +19,7 @@ from tests.conftest import REPO_ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-OWN = {"adapter", "contract", "engine", "kernels", "tritium", "benchmarks", "tests"}
+OWN = {"adapter", "contract", "engine", "tritium_kernels", "tritium", "benchmarks", "tests"}
 # Provided by Triton to the models it runs, not by pip.
 PROVIDED = {"triton_python_backend_utils"}
 # package -> the requirement groups it may import from
@@ -29,7 +29,7 @@ GROUPS = {
     "tritium": ("base",),
     "docker": ("base",),
     "engine": ("base", "engine"),
-    "kernels": ("base", "engine"),
+    "tritium_kernels": ("base", "engine"),
     "benchmarks": ("base", "engine", "bench", "peer"),
 }
 # Declared without being imported by our code, and why.
@@ -110,3 +110,19 @@ def test_nothing_is_declared_and_unused() -> None:
     for group in ("base", "engine", "bench"):
         unused = groups[group] - used - set(USED_INDIRECTLY)
         assert not unused, f"declared in {group} but imported nowhere: {sorted(unused)}"
+
+
+def test_our_packages_shadow_no_installed_distribution() -> None:
+    # The repository root comes first on sys.path, so a top-level package of ours named like
+    # another distribution's hides it: transformers >= 5.25 imports Hugging Face's `kernels`,
+    # which our kernel package, when it was called `kernels`, replaced in every test run.
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    ours = {package for package in project["packages"] if "." not in package}
+    assert ours == OWN - {"tests"}
+    distributions = importlib.metadata.packages_distributions()
+    shadowed = {
+        package: others
+        for package in sorted(ours)
+        if (others := sorted(set(distributions.get(package, [])) - {"tritium"}))
+    }
+    assert not shadowed, f"our top-level packages share their names with: {shadowed}"

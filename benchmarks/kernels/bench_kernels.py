@@ -9,7 +9,7 @@
   Bar: >= 70% of copy bandwidth at batch >= 32 and context >= 1k.
 - prefill: causal paged prefill, same heads; TFLOP/s (causal FLOPs only) against
   torch SDPA (is_causal, enable_gqa) on contiguous K/V. Bar: >= SDPA.
-- sampling: fused sampler vs the sort-based torch path (`kernels.sampling.sample_ref`)
+- sampling: fused sampler vs the sort-based torch path (`tritium_kernels.sampling.sample_ref`)
   at vocab 49,152 and 128,256, batch 1-256, T 0.8 + top-k 50 + top-p 0.9. Bar: >= 3x
   at batch 256.
 - quant_matmul: weight-only int4 / int8 GEMM (group 32, bf16 scales and zeros, bf16
@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 import triton
 
-from kernels.attention import paged_attention
-from kernels.quant_matmul import dequantize_ref, pack_int4, quant_matmul
-from kernels.sampling import sample, sample_ref
+from tritium_kernels.attention import paged_attention
+from tritium_kernels.quant_matmul import dequantize_ref, pack_int4, quant_matmul
+from tritium_kernels.sampling import sample, sample_ref
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16

@@ -23,7 +23,7 @@ def test_importing_the_adapter_pulls_in_neither_torch_nor_engine() -> None:
         "import sys, adapter.app, adapter.triton_client, adapter.cli;"
         "adapter.app.create_app();"
         "import adapter, contract;"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'engine', 'kernels'));"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'engine', 'tritium_kernels'));"
         "print(adapter.__file__); print(contract.__file__); print(bad)"
     )
     result = subprocess.run(

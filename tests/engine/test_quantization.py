@@ -39,9 +39,9 @@ from engine.quantization import (
     quantize_int8,
     unpack_int4,
 )
-from kernels import quant_matmul_cpu
 from tests.engine.test_architectures import teacher_forced_logits
 from tests.engine.tiny_architectures import TinyArchitecture
+from tritium_kernels import quant_matmul_cpu
 
 RNG = np.random.default_rng(7)
 
@@ -81,7 +81,7 @@ def test_int4_packing_round_trips_and_quantizers_stay_within_half_a_step() -> No
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 5, 33])
 def test_cpu_quantized_matmul_multiplies_by_the_weight_it_stands_for(dtype: torch.dtype, rows: int) -> None:
-    # torch's kernels multiply in float; ours (kernels/quant_matmul_cpu.py, tested exactly
+    # torch's kernels multiply in float; ours (tritium_kernels/quant_matmul_cpu.py, tested exactly
     # in tests/kernels) quantizes activations to int8 per 32 columns: within ~1%
     # (bf16: its own rounding on top).
     weight = torch.randn(40, 128) * 0.1

@@ -39,12 +39,12 @@ def record_launches(full: bool) -> list[Recorded]:
         records.append((self, args, kwargs))
 
     JITFunction.run = record  # type: ignore[method-assign]
-    from kernels.attention import paged_attention, write_kv_cache
-    from kernels.penalties import apply_logit_bias, apply_penalties
-    from kernels.quant_matmul import quant_matmul
-    from kernels.rmsnorm import rms_norm
-    from kernels.rope import rope, rope_and_write_kv
-    from kernels.sampling import sample
+    from tritium_kernels.attention import paged_attention, write_kv_cache
+    from tritium_kernels.penalties import apply_logit_bias, apply_penalties
+    from tritium_kernels.quant_matmul import quant_matmul
+    from tritium_kernels.rmsnorm import rms_norm
+    from tritium_kernels.rope import rope, rope_and_write_kv
+    from tritium_kernels.sampling import sample
 
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.zeros(4, 576, dtype=dtype)

@@ -2,7 +2,7 @@
 
 The interpreter must be on before anything `@triton.jit` is created: Triton's own
 helpers (`tl.sum`, `tl.argmax`, ...) when `triton` is first imported, ours at the first
-`import kernels.*`. pytest imports this conftest before the test modules of this
+`import tritium_kernels.*`. pytest imports this conftest before the test modules of this
 directory — but other directories' test modules may import triton first (transformers
 and torch do), so the switch lives in tests/triton_interpreter.py, called by the root
 tests/conftest.py before any test module is imported.
@@ -12,7 +12,7 @@ while `triton` is imported, then only the in-process knob `triton.knobs.runtime.
 holds it. The session also starts subprocesses (tritonserver and its Python backend
 stubs in the e2e tests, the CUDA compile check); they get the environment the user
 gave them, not this one. After import, Triton reads the setting only through the knob
-(`@triton.jit`, the interpreter, `kernels.attention_common.upcast_dot`).
+(`@triton.jit`, the interpreter, `tritium_kernels.attention_common.upcast_dot`).
 """
 
 from __future__ import annotations

@@ -6,20 +6,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.attention import (
-    paged_attention,
-    paged_attention_ref,
-    write_kv_cache,
-    write_kv_cache_ref,
-)
-from kernels.attention_decode import decode_attention
-from kernels.attention_prefill import prefill_attention
 from tests.kernels.kernel_testing import (
     ATTENTION_TOLERANCES,
     assert_close,
     fresh_generator,
     make_paged_batch,
 )
+from tritium_kernels.attention import (
+    paged_attention,
+    paged_attention_ref,
+    write_kv_cache,
+    write_kv_cache_ref,
+)
+from tritium_kernels.attention_decode import decode_attention
+from tritium_kernels.attention_prefill import prefill_attention
 
 # (query_lens, seq_lens): chunks that end mid-block, a 1-token prompt, decodes, a chunk
 # continuing a cached context, a sequence shorter than one tile.

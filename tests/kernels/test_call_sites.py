@@ -3,7 +3,7 @@
 Kernels take a dozen pointers, strides and flags; a positional slip (a stride for
 another stride, a bool in the wrong constexpr) still runs. So every launch
 (`*_kernel[grid](...)`), every call of a `@triton.jit` helper, and every engine call
-into `kernels` names its arguments; Python and Triton then reject a wrong name.
+into `tritium_kernels` names its arguments; Python and Triton then reject a wrong name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KERNEL_FILES = sorted((REPO_ROOT / "kernels").glob("*.py"))
+KERNEL_FILES = sorted((REPO_ROOT / "tritium_kernels").glob("*.py"))
 
 
 def _jit_functions() -> set[str]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.quant_matmul import (
+from tests.kernels.kernel_testing import assert_close, fresh_generator
+from tritium_kernels.quant_matmul import (
     dequantize_ref,
     pack_int4,
     quant_matmul,
     quant_matmul_ref,
     unpack_int4,
 )
-from tests.kernels.kernel_testing import assert_close, fresh_generator
 
 
 def random_quantized(

@@ -1,4 +1,4 @@
-"""Our CPU quantized matmul (kernels/quant_matmul_cpu.cpp) against torch: the same
+"""Our CPU quantized matmul (tritium_kernels/quant_matmul_cpu.cpp) against torch: the same
 arithmetic written with torch ops in float64 (activations quantized per 32 columns as the
 kernel does), against the float product of the dequantized weight, and inside
 torch.compile. Skipped where the CPU lacks AVX-512 VNNI (the engine then runs torch's
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.quantization import QuantizedMatmul, QuantizedTensor, quantize_int4, quantize_int8
-from kernels import quant_matmul_cpu
+from tritium_kernels import quant_matmul_cpu
 
 pytestmark = pytest.mark.skipif(not quant_matmul_cpu.available(), reason="needs a CPU with AVX-512 VNNI")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.rmsnorm import rms_norm, rms_norm_ref
 from tests.kernels.kernel_testing import INTERPRETED, assert_close, fresh_generator
+from tritium_kernels.rmsnorm import rms_norm, rms_norm_ref
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -11,8 +11,8 @@ import torch
 
 from engine.config import ModelConfig
 from engine.rope import build_cos_sin_cache
-from kernels.rope import rope, rope_and_write_kv, rope_ref
 from tests.kernels.kernel_testing import TOLERANCES, assert_close, fresh_generator
+from tritium_kernels.rope import rope, rope_and_write_kv, rope_ref
 
 SCALINGS: dict[str, dict[str, Any] | None] = {
     "default": None,

@@ -20,12 +20,12 @@ import torch
 from engine.kernel_ops import KernelSampling
 from engine.sampler import Sampler, SamplingBackend, TorchSampling, sampling_probabilities
 from engine.sampling_params import SamplingParams
-from kernels.sampling import pack_token_mask, sampling_probs_ref
 from tests.engine import test_sampler as torch_path
 from tests.engine.test_ops import assert_implements
 from tests.engine.test_sampler import EOS, VOCAB_SIZE, _logits, _seq
 from tests.kernels.kernel_testing import assert_close, fresh_generator
 from tests.kernels.test_sampling import P_VALUE_FLOOR, chi_square_p_value
+from tritium_kernels.sampling import pack_token_mask, sampling_probs_ref
 
 # Collected again in this module, so they take this module's `make_sampler`.
 test_greedy_takes_argmax = torch_path.test_greedy_takes_argmax

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.penalties import (
+from tests.kernels.kernel_testing import assert_close, fresh_generator
+from tritium_kernels.penalties import (
     apply_logit_bias,
     apply_logit_bias_ref,
     apply_penalties,
     apply_penalties_ref,
 )
-from kernels.sampling import pack_token_mask, sample, sampling_probs_ref, unpack_token_mask
-from tests.kernels.kernel_testing import assert_close, fresh_generator
+from tritium_kernels.sampling import pack_token_mask, sample, sampling_probs_ref, unpack_token_mask
 
 P_VALUE_FLOOR = 1e-4  # a correct sampler fails a chi-square test once in 10,000 runs
 

@@ -1,4 +1,4 @@
-"""Logit processors that run before `kernels.sampling.sample`, in place on the logits.
+"""Logit processors that run before `tritium_kernels.sampling.sample`, in place on the logits.
 
 - `apply_penalties` (one pass over [batch, vocab_size]): for each token with output
   count c (tokens generated so far) that appears in the output or the prompt,
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.sampling import unpack_token_mask
+from tritium_kernels.sampling import unpack_token_mask
 
 
 @triton.jit

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_common import (
+from tritium_kernels.attention_common import (
     LOG2_E,
     attend_tile,
     check_paged_attention_inputs,

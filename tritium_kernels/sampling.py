@@ -337,7 +337,7 @@ def sample_ref(
 def pack_token_mask(tokens: torch.Tensor) -> torch.Tensor:
     """[batch, vocab_size] bool -> [batch, cdiv(vocab_size, 32)] int32 bitmask: bit j of
     word w = token 32 w + j. The layout of `sample`'s allowed mask and of
-    `kernels.penalties.apply_penalties`' prompt mask."""
+    `tritium_kernels.penalties.apply_penalties`' prompt mask."""
     batch, vocab_size = tokens.shape
     padded = torch.zeros((batch, triton.cdiv(vocab_size, 32) * 32), dtype=torch.int64, device=tokens.device)
     padded[:, :vocab_size] = tokens.long()

@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_common import dot_precision, upcast_dot
+from tritium_kernels.attention_common import dot_precision, upcast_dot
 
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_BLOCK_K = 128

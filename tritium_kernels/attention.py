@@ -2,7 +2,7 @@
 
 - `write_kv_cache`: store the new tokens' K and V at their slots (one program per token;
   reads K, V once and writes them once: 4 * num_tokens * num_kv_heads * head_dim *
-  itemsize bytes). `kernels.rope.rope_and_write_kv` fuses this with RoPE.
+  itemsize bytes). `tritium_kernels.rope.rope_and_write_kv` fuses this with RoPE.
 - `paged_attention`: one engine step's attention. A pure decode step (max_query_len 1)
   runs the split-KV decode kernel; a step with longer chunks runs the prefill kernel
   for those and, in the same step, the decode kernel for its query_len-1 sequences
@@ -16,9 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_decode import decode_attention
-from kernels.attention_prefill import prefill_attention
-from kernels.rope import copy_heads
+from tritium_kernels.attention_decode import decode_attention
+from tritium_kernels.attention_prefill import prefill_attention
+from tritium_kernels.rope import copy_heads
 
 
 @triton.jit
