@@ -43,7 +43,7 @@ def _imported_from_kernels(path: Path) -> set[str]:
     return {
         alias.asname or alias.name
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kernels.")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tritium_kernels.")
         for alias in node.names
     }
 
