@@ -7,9 +7,10 @@ where it goes (torch.profiler, by operator).
 
 Prefills `--num-seqs` random 128-token prompts, then times `--steps` decode steps (all
 sequences decoding, contexts of 129 and up) and profiles `--profile-steps` more. It also
-prints the bytes of weights a decode step reads (quantized where the step's rows take the
-quantized copy) and the machine's measured memory read bandwidth: their quotient is the
-least time a step can take when it is bound by memory.
+prints the bytes of weights the engine holds, those a decode step reads (quantized where
+the step's rows take the quantized copy) and the machine's measured memory read
+bandwidth: the last two's quotient is the least time a step can take when it is bound by
+memory.
 The profile's summary line counts the aten ops of one step and splits its self CPU time
 into the matmuls (the weights' share) and everything else (per-op overhead, attention).
 `--num-threads 1` gives steadier numbers on a machine shared with other work.
@@ -42,7 +43,9 @@ def weight_bytes(model: torch.nn.Module, rows: int) -> int:
     the head is quantized, when the embedding is only gathered a row per token)."""
     total, replaced = 0, set()
     for layer in model.modules():
-        if isinstance(layer, Linear) and layer.quantized is not None and rows <= layer.max_quantized_rows:
+        if isinstance(layer, Linear) and layer.quantized is not None and (
+            rows <= layer.max_quantized_rows or not layer.dense
+        ):
             total += layer.quantized.nbytes()
             replaced.add(id(layer.weight))
     return total + sum(
@@ -50,6 +53,15 @@ def weight_bytes(model: torch.nn.Module, rows: int) -> int:
         for parameter in model.parameters()
         if id(parameter) not in replaced
     )
+
+
+def weights_held(model: torch.nn.Module) -> tuple[int, int]:
+    """Bytes of weights the model holds (parameters, quantized copies) and, of the dense
+    linear weights, those dropped (engine.weights.quantize_linears)."""
+    held = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
+    dropped = sum(p.numel() * p.element_size() for p in model.parameters() if p.is_meta)
+    quantized = {id(layer.quantized): layer.quantized for layer in model.modules() if isinstance(layer, Linear) and layer.quantized}
+    return held + sum(matmul.nbytes() for matmul in quantized.values()), dropped
 
 
 def memory_read_gb_per_s(size_mib: int = 1024, repeats: int = 5) -> float:
@@ -133,8 +145,10 @@ def prefilled_engine(args: argparse.Namespace, **overrides: str) -> tuple[LLMEng
     engine = LLMEngine(EngineConfig.from_parameters(default_weights_dir(), parameters))
     graph = engine.runner.decode_graph
     shown = ", ".join(f"{k}={parameters[k]}" for k in ("compile_decode", "quantized_cpu_kernel"))
+    held, dropped = weights_held(engine.runner.model)
     print(f"{shown}: engine loaded in {time.perf_counter() - started:.1f} s"
-          + (f", of it {graph.compile_seconds:.1f} s compiling" if graph is not None else ""))  # fmt: skip
+          + (f", of it {graph.compile_seconds:.1f} s compiling" if graph is not None else "")
+          + f"; weights held {held / 1e6:.0f} MB (dense linear weights dropped: {dropped / 1e6:.0f} MB)")  # fmt: skip
     decode_steps = args.steps * max(args.rounds, 1) + args.profile_steps + 1
     params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True)
     for key, prompt in enumerate(synthetic_prompts(args.num_seqs, args.input_len, 49152)):

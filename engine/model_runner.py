@@ -68,6 +68,7 @@ class ModelRunner:
             self.dtype,
             self.device,
             config.quantized_cpu_kernel,
+            max_step_rows=config.scheduler.max_num_batched_tokens,
         )
         element_bytes = torch.empty((), dtype=self.dtype).element_size()
         # K and V, every layer, one block of positions.

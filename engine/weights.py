@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -134,6 +135,7 @@ def quantize_linears(
     dtype: torch.dtype,
     device: torch.device,
     cpu_kernel: str = "auto",
+    max_step_rows: int | None = None,
 ) -> dict[str, int]:
     """Give the model's `Linear` layers their quantized weights (after `load_weights`).
 
@@ -143,7 +145,10 @@ def quantize_linears(
     kernels are slower than the dense matmul (engine/quantization.py); "int4" / "int8" =
     the stored tensors of these bits, and every other layer quantized from its dense
     weight. A fused layer (qkv, gate/up) takes stored tensors only when all its parts have
-    them in one format. Returns {how: layers} ("Q4_1", "int4 at load", "dense" ...).
+    them in one format. A layer whose quantized weight serves every matmul (its max rows at
+    least `max_step_rows`, the most rows a step computes) drops its dense weight, unless
+    another module shares it (a tied LM head's embedding). Returns {how: layers} ("Q4_1",
+    "int4 at load", "dense" ...).
     """
     counts: dict[str, int] = {}
     if mode == "auto" and device.type == "cpu" and dtype == torch.float32:
@@ -157,6 +162,8 @@ def quantize_linears(
     for name, slot in model.hf_weight_map().items():
         slots_of.setdefault(slot.parameter, []).append((name, slot))
     parameter_names = {id(parameter): name for name, parameter in model.named_parameters()}
+    holders = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    dropped = 0
     wanted_bits = {"int4": 4, "int8": 8}.get(mode)
     for _, layer in model.named_modules():
         if not isinstance(layer, Linear):
@@ -173,9 +180,14 @@ def quantize_linears(
             counts["dense"] = counts.get("dense", 0) + 1
             continue
         matmul = QuantizedMatmul(tensor, dtype, device, cpu_kernel)
-        layer.quantize(matmul, matmul.default_max_rows if max_rows is None else max_rows)
+        rows = matmul.default_max_rows if max_rows is None else max_rows
+        drop = max_step_rows is not None and rows >= max_step_rows and holders[id(layer.weight)] == 1
+        dropped += layer.weight.numel() * layer.weight.element_size() if drop else 0
+        layer.quantize(matmul, rows, drop_dense=drop)
         counts[how] = counts.get(how, 0) + 1
     logger.info("quantized linear layers: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if dropped:
+        logger.info("dense weights dropped (the quantized ones serve every step): %.1f MB", dropped / 1e6)
     return counts
 
 

@@ -49,7 +49,9 @@ class Linear(nn.Module):
     """y = x W^T (+ b): the dense weight (filled by the loader) and, once `quantize` has
     been called, a weight-only quantized copy that matmuls of up to `max_quantized_rows`
     rows use (decode steps of few sequences, bound by the bytes of weights they read);
-    bigger ones keep the dense GEMM (engine/quantization.py says why both)."""
+    bigger ones keep the dense GEMM (engine/quantization.py says why both). When the
+    quantized copy serves every step (`max_rows` covers the largest one), `quantize` drops
+    the dense weight: the parameter stays, shape and dtype only, on the meta device."""
 
     def __init__(
         self,
@@ -68,11 +70,18 @@ class Linear(nn.Module):
         self.quantized: QuantizedMatmul | None = None
         self.max_quantized_rows = 0
 
-    def quantize(self, matmul: QuantizedMatmul, max_rows: int) -> None:
+    def quantize(self, matmul: QuantizedMatmul, max_rows: int, drop_dense: bool = False) -> None:
         self.quantized, self.max_quantized_rows = matmul, max_rows
+        if drop_dense:
+            self.weight = nn.Parameter(self.weight.to("meta"), requires_grad=False)
+
+    @property
+    def dense(self) -> bool:
+        """Whether the dense weight is held (False once `quantize` dropped it)."""
+        return not self.weight.is_meta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [rows, in] -> [rows, out]
-        if self.quantized is not None and x.shape[0] <= self.max_quantized_rows:
+        if self.quantized is not None and (x.shape[0] <= self.max_quantized_rows or not self.dense):
             out = self.quantized(x)
             return out if self.bias is None else out + self.bias
         return F.linear(x, self.weight, self.bias)

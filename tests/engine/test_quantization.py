@@ -251,6 +251,27 @@ def test_int8_and_int4_quantize_a_dense_checkpoint_at_load(quantized_llama: tupl
     assert torch_kernel.model.layers[0].mlp.down_proj.max_quantized_rows == 16  # where torch's int4 stops paying
 
 
+def test_a_quantized_weight_that_serves_every_step_drops_the_dense_one(quantized_llama: tuple[Path, Path]) -> None:
+    _, weights_dir = quantized_llama
+    base = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32", "max_model_len": "64", "compile_decode": "off",
+            "quantization": "int4", "quantized_cpu_kernel": "torch", "max_num_batched_tokens": "32"}  # fmt: skip
+    # Max rows at the step budget: the dense weights can never run, so they go.
+    dropped = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantized_max_rows": "32"}))
+    kept = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantized_max_rows": "31"}))
+    linears = [(name, layer) for name, layer in dropped.model.named_modules() if isinstance(layer, Linear)]
+    assert len(linears) == 9 and all(not layer.dense and layer.weight.is_meta for _, layer in linears)
+    for name, layer in kept.model.named_modules():
+        if isinstance(layer, Linear):
+            assert layer.dense and layer.weight.shape == dropped.model.get_submodule(name).weight.shape
+    held = [name for name, parameter in dropped.model.named_parameters() if not parameter.is_meta]
+    assert held and not any(name.endswith(("proj.weight", "lm_head.weight")) for name in held)
+    # Steps of up to 31 rows run the same quantized matmuls in both.
+    prompt = [1, 500, 9000, 42, 77, 1234, 5, 31, 16, 2048, 3, 99]
+    torch.testing.assert_close(
+        teacher_forced_logits(dropped, prompt, prefill_len=7), teacher_forced_logits(kept, prompt, prefill_len=7), atol=0, rtol=0
+    )
+
+
 def test_quantization_settings_are_checked_by_name(quantized_llama: tuple[Path, Path]) -> None:
     _, weights_dir = quantized_llama
     with pytest.raises(ConfigError, match="quantization must be auto, gguf, none, int4, int8"):
@@ -267,6 +288,11 @@ def test_the_default_model_serves_its_gguf_blocks(default_weights_dir: Path) -> 
     quantized = ModelRunner(EngineConfig.from_parameters(default_weights_dir, parameters))
     # 30 layers x (qkv, o, gate_up, down) in Q4_1, the tied embedding/LM head in Q8_0.
     assert quantized.quantized_layers == {"Q4_1": 120, "Q8_0": 1}
+    # The LM head's weight is the embedding (tied): held whatever the kernel. The others
+    # are dropped where our kernel serves every step, kept where torch's hands big ones back.
+    linears = [layer for layer in quantized.model.modules() if isinstance(layer, Linear)]
+    assert [layer.dense for layer in linears].count(True) == (1 if quant_matmul_cpu.available() else 121)
+    assert quantized.model.lm_head.dense
     dense = ModelRunner(EngineConfig.from_parameters(default_weights_dir, {**parameters, "quantization": "none"}))
     from transformers import AutoTokenizer
 
