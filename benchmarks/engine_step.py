@@ -57,7 +57,7 @@ def weight_bytes(model: torch.nn.Module, rows: int) -> int:
 
 def weights_held(model: torch.nn.Module) -> tuple[int, int]:
     """Bytes of weights the model holds (parameters, quantized copies) and, of the dense
-    linear weights, those dropped (engine.weights.quantize_linears)."""
+    linear weights, those dropped (engine.weights.load_and_quantize)."""
     held = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
     dropped = sum(p.numel() * p.element_size() for p in model.parameters() if p.is_meta)
     quantized = {id(layer.quantized): layer.quantized for layer in model.modules() if isinstance(layer, Linear) and layer.quantized}

@@ -195,7 +195,7 @@ class EngineConfig:
     # How the model writes tool calls (contract.tools.FORMATS); "" = read from the chat
     # template. "generic": the template takes no tools, the engine writes the tool prompt.
     tool_call_format: str = ""
-    # Weight-only quantized linear layers (engine/quantization.py, engine.weights.quantize_linears):
+    # Weight-only quantized linear layers (engine/quantization.py, engine.weights.load_and_quantize):
     # "gguf" = the package's quantized GGUF tensors where it has them; "auto" = gguf, but dense
     # for float32 on CPU; "none"; "int4" / "int8" = those bits (the package's tensors of those
     # bits, else quantized from the dense weights at load).

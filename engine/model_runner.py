@@ -26,7 +26,7 @@ from engine.models.layers import KVCache, Linear
 from engine.ops import Ops, TorchOps
 from engine.request import Sequence
 from engine.sampler import Sampler, SampleResult, SamplingBackend, TorchSampling
-from engine.weights import load_weights, quantize_linears
+from engine.weights import load_and_quantize
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ class ModelRunner:
         self.model = model_class(model_config)(
             model_config, self.dtype, self.device, max_positions=config.scheduler.max_model_len
         )
-        load_weights(self.model, config.model_dir)
-        self.quantized_layers = quantize_linears(
+        self.quantized_layers = load_and_quantize(
             self.model,
             config.model_dir,
             config.quantization,

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -76,7 +76,10 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
     return files
 
 
-def iterate_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_tensors(
+    files: list[Path], skip: Callable[[str], bool] = lambda name: False
+) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """Every tensor of the checkpoint by name; None for those `skip` names (not read)."""
     started = time.monotonic()
     for number, path in enumerate(files, start=1):
         # Loading progress, file by file (`tritium serve` shows these lines while it waits).
@@ -84,7 +87,7 @@ def iterate_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
         logger.info("weights: file %d of %d, %s (%.2f GB)", number, len(files), path.name, size_gb)
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                yield name, handle.get_tensor(name)
+                yield name, None if skip(name) else handle.get_tensor(name)
     logger.info("weights: loaded in %.1f s", time.monotonic() - started)
 
 
@@ -93,11 +96,14 @@ def load_weights(model: LoadableModel, model_dir: str | Path) -> None:
     """Fill every parameter of `model` from the checkpoint in `model_dir`.
 
     Tensors are cast to each parameter's dtype and moved to its device as they are
-    copied. Raises `WeightsError` naming the first missing, unexpected or misshapen tensor.
+    copied. A parameter on the meta device (a dense weight `load_and_quantize` dropped)
+    is not read. Raises `WeightsError` naming the first missing, unexpected or misshapen
+    tensor.
     """
     expected = model.hf_weight_map()
+    dropped = {name for name, slot in expected.items() if model.get_parameter(slot.parameter).is_meta}
     loaded: set[str] = set()
-    for name, tensor in iterate_tensors(checkpoint_files(model_dir)):
+    for name, tensor in iterate_tensors(checkpoint_files(model_dir), skip=dropped.__contains__):
         slot = expected.get(name)
         if slot is None:
             if name.endswith(_IGNORED_SUFFIXES) or _is_tied_head(name, expected):
@@ -105,6 +111,9 @@ def load_weights(model: LoadableModel, model_dir: str | Path) -> None:
             raise WeightsError(
                 f"checkpoint tensor {name!r} in {model_dir} has no place in the model"
             )
+        if tensor is None:  # dropped: its quantized copy serves
+            loaded.add(name)
+            continue
         parameter = model.get_parameter(slot.parameter)
         data = parameter.data if slot.expert is None else parameter.data[slot.expert]
         target = data[slot.row_start : slot.row_start + slot.rows]
@@ -127,7 +136,7 @@ def _is_tied_head(name: str, expected: dict[str, WeightSlot]) -> bool:
 
 
 @torch.inference_mode()
-def quantize_linears(
+def load_and_quantize(
     model: LoadableModel,
     model_dir: str | Path,
     mode: str,
@@ -137,7 +146,7 @@ def quantize_linears(
     cpu_kernel: str = "auto",
     max_step_rows: int | None = None,
 ) -> dict[str, int]:
-    """Give the model's `Linear` layers their quantized weights (after `load_weights`).
+    """`load_weights`, and the model's `Linear` layers given their quantized weights.
 
     mode (EngineConfig.quantization): "none"; "gguf" = the package's quantized tensors
     (`QUANTIZED_FILE`, written by `tritium package` from a GGUF) where a layer has them;
@@ -147,14 +156,17 @@ def quantize_linears(
     weight. A fused layer (qkv, gate/up) takes stored tensors only when all its parts have
     them in one format. A layer whose quantized weight serves every matmul (its max rows at
     least `max_step_rows`, the most rows a step computes) drops its dense weight, unless
-    another module shares it (a tied LM head's embedding). Returns {how: layers} ("Q4_1",
-    "int4 at load", "dense" ...).
+    another module shares it (a tied LM head's embedding): a layer with stored tensors is
+    quantized before the checkpoint is read, so such a dense weight is never read or held;
+    one quantized at load drops it after. Returns {how: layers} ("Q4_1", "int4 at load",
+    "dense" ...).
     """
     counts: dict[str, int] = {}
     if mode == "auto" and device.type == "cpu" and dtype == torch.float32:
         logger.info("quantization auto: dense weights (float32 on CPU, where the quantized kernels are slower)")
-        return counts
+        mode = "none"
     if mode == "none":
+        load_weights(model, model_dir)
         return counts
     path = Path(model_dir) / QUANTIZED_FILE
     stored = load_quantized(path) if path.is_file() else {}
@@ -163,28 +175,38 @@ def quantize_linears(
         slots_of.setdefault(slot.parameter, []).append((name, slot))
     parameter_names = {id(parameter): name for name, parameter in model.named_parameters()}
     holders = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
-    dropped = 0
     wanted_bits = {"int4": 4, "int8": 8}.get(mode)
-    for _, layer in model.named_modules():
-        if not isinstance(layer, Linear):
-            continue
-        parameter = parameter_names[id(layer.weight)]
-        found = _stored_tensor(slots_of.get(parameter, []), stored, layer.weight)
-        if found is not None and wanted_bits in (None, found[0].bits):
-            tensor, how = found
-        elif wanted_bits == 4:
-            tensor, how = quantize_int4(layer.weight), "int4 at load"
-        elif wanted_bits == 8:
-            tensor, how = quantize_int8(layer.weight), "int8 at load"
-        else:
-            counts["dense"] = counts.get("dense", 0) + 1
-            continue
+    dropped = 0
+
+    def quantize(layer: Linear, tensor: QuantizedTensor, how: str) -> None:
+        nonlocal dropped
         matmul = QuantizedMatmul(tensor, dtype, device, cpu_kernel)
         rows = matmul.default_max_rows if max_rows is None else max_rows
         drop = max_step_rows is not None and rows >= max_step_rows and holders[id(layer.weight)] == 1
         dropped += layer.weight.numel() * layer.weight.element_size() if drop else 0
         layer.quantize(matmul, rows, drop_dense=drop)
         counts[how] = counts.get(how, 0) + 1
+
+    at_load: list[Linear] = []
+    for _, layer in model.named_modules():
+        if not isinstance(layer, Linear):
+            continue
+        parameter = parameter_names[id(layer.weight)]
+        found = _stored_tensor(slots_of.get(parameter, []), stored, layer.weight)
+        for name, _ in slots_of.get(parameter, []):  # held no longer than its layer needs it
+            stored.pop(name, None)
+        if found is not None and wanted_bits in (None, found[0].bits):
+            quantize(layer, *found)
+        elif wanted_bits is not None:
+            at_load.append(layer)
+        else:
+            counts["dense"] = counts.get("dense", 0) + 1
+    load_weights(model, model_dir)
+    for layer in at_load:
+        if wanted_bits == 4:
+            quantize(layer, quantize_int4(layer.weight), "int4 at load")
+        else:
+            quantize(layer, quantize_int8(layer.weight), "int8 at load")
     logger.info("quantized linear layers: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     if dropped:
         logger.info("dense weights dropped (the quantized ones serve every step): %.1f MB", dropped / 1e6)

@@ -13,16 +13,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
 import pytest
+import safetensors
 import torch
 from gguf import GGMLQuantizationType as GgmlType
 from gguf import quants
 
+import engine.weights
 from benchmarks.quant_accuracy import transformers_on_gguf
 from engine.config import ConfigError, EngineConfig
 from engine.model_runner import ModelRunner
@@ -251,13 +256,41 @@ def test_int8_and_int4_quantize_a_dense_checkpoint_at_load(quantized_llama: tupl
     assert torch_kernel.model.layers[0].mlp.down_proj.max_quantized_rows == 16  # where torch's int4 stops paying
 
 
-def test_a_quantized_weight_that_serves_every_step_drops_the_dense_one(quantized_llama: tuple[Path, Path]) -> None:
+def test_a_quantized_weight_that_serves_every_step_drops_the_dense_one(
+    quantized_llama: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, weights_dir = quantized_llama
     base = {"dtype": "float32", "kv_block_size": "4", "kv_num_blocks": "32", "max_model_len": "64", "compile_decode": "off",
             "quantization": "int4", "quantized_cpu_kernel": "torch", "max_num_batched_tokens": "32"}  # fmt: skip
-    # Max rows at the step budget: the dense weights can never run, so they go.
+    read: list[str] = []  # the checkpoint tensors the loader reads
+
+    class RecordingFile:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def keys(self) -> list[str]:
+            return list(self.handle.keys())
+
+        def get_tensor(self, name: str) -> torch.Tensor:
+            read.append(name)
+            return self.handle.get_tensor(name)
+
+    @contextlib.contextmanager
+    def recording_open(*args: Any, **kwargs: Any) -> Iterator[RecordingFile]:
+        with safetensors.safe_open(*args, **kwargs) as handle:
+            yield RecordingFile(handle)
+
+    monkeypatch.setattr(engine.weights, "safe_open", recording_open)
+    # Max rows at the step budget: the dense weights can never run, so they go, unread.
     dropped = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantized_max_rows": "32"}))
+    assert read and not any(name.endswith("proj.weight") or name == "lm_head.weight" for name in read)
+    read.clear()
     kept = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantized_max_rows": "31"}))
+    assert "lm_head.weight" in read and "model.layers.1.mlp.down_proj.weight" in read
+    # Quantized at load from the dense weight (int8: the package holds int4), dropped after.
+    int8 = ModelRunner(EngineConfig.from_parameters(weights_dir, {**base, "quantization": "int8", "quantized_max_rows": "32"}))
+    assert int8.quantized_layers == {"int8 at load": 9}
+    assert not any(layer.dense for layer in int8.model.modules() if isinstance(layer, Linear))
     linears = [(name, layer) for name, layer in dropped.model.named_modules() if isinstance(layer, Linear)]
     assert len(linears) == 9 and all(not layer.dense and layer.weight.is_meta for _, layer in linears)
     for name, layer in kept.model.named_modules():
