@@ -11,8 +11,9 @@ prints the bytes of weights the engine holds, those a decode step reads (quantiz
 the step's rows take the quantized copy) and the machine's measured memory read
 bandwidth: the last two's quotient is the least time a step can take when it is bound by
 memory.
-The profile's summary line counts the aten ops of one step and splits its self CPU time
-into the matmuls (the weights' share) and everything else (per-op overhead, attention).
+The profile's summary line counts the ops of one step (torch's and our custom matmul) and
+splits its self CPU time into the matmuls (the weights' share) and everything else
+(per-op overhead, attention).
 `--num-threads 1` gives steadier numbers on a machine shared with other work.
 `--compile-decode both` times an eager and a compiled engine (engine/decode_graph.py) in
 alternated rounds instead of profiling one; `--quantized-cpu-kernel both` likewise an engine
@@ -119,13 +120,14 @@ def main(argv: list[str] | None = None) -> None:
             engine.step()
     averages = profiler.key_averages()
     steps = args.profile_steps
-    aten = [event for event in averages if event.key.startswith("aten::")]
+    # torch's ops and our custom ones (tritium_cpu::quant_mm: tritium_kernels/quant_matmul_cpu.py).
+    ops = [event for event in averages if event.key.startswith(("aten::", "tritium_cpu::"))]
     # Self time, so nested ops count once; aten::mm (and the quantized matmuls) are the
     # weights' share, everything else the per-op overhead this profile is about.
-    matmul_us = sum(e.self_cpu_time_total for e in aten if e.key in _MATMUL_OPS)
+    matmul_us = sum(e.self_cpu_time_total for e in ops if e.key in _MATMUL_OPS)
     all_us = sum(e.self_cpu_time_total for e in averages)
-    print(f"per decode step (profiled): {sum(e.count for e in aten) / steps:.0f} aten ops "
-          f"({sum(e.count for e in aten if e.key in _MATMUL_OPS) / steps:.0f} matmuls); "
+    print(f"per decode step (profiled): {sum(e.count for e in ops) / steps:.0f} ops "
+          f"({sum(e.count for e in ops if e.key in _MATMUL_OPS) / steps:.0f} matmuls); "
           f"self CPU {all_us / steps / 1e3:.1f} ms, of it matmuls {matmul_us / steps / 1e3:.1f} ms, "
           f"the rest {(all_us - matmul_us) / steps / 1e3:.1f} ms")  # fmt: skip
     table = averages.table(sort_by="self_cpu_time_total", row_limit=args.rows)
