@@ -61,7 +61,8 @@ def weights_held(model: torch.nn.Module) -> tuple[int, int]:
     linear weights, those dropped (engine.weights.load_and_quantize)."""
     held = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
     dropped = sum(p.numel() * p.element_size() for p in model.parameters() if p.is_meta)
-    quantized = {id(layer.quantized): layer.quantized for layer in model.modules() if isinstance(layer, Linear) and layer.quantized}
+    linears = [layer for layer in model.modules() if isinstance(layer, Linear)]
+    quantized = {id(layer.quantized): layer.quantized for layer in linears if layer.quantized}
     return held + sum(matmul.nbytes() for matmul in quantized.values()), dropped
 
 
