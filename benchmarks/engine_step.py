@@ -44,9 +44,8 @@ def weight_bytes(model: torch.nn.Module, rows: int) -> int:
     the head is quantized, when the embedding is only gathered a row per token)."""
     total, replaced = 0, set()
     for layer in model.modules():
-        if isinstance(layer, Linear) and layer.quantized is not None and (
-            rows <= layer.max_quantized_rows or not layer.dense
-        ):
+        if isinstance(layer, Linear) and layer.takes_quantized(rows):
+            assert layer.quantized is not None
             total += layer.quantized.nbytes()
             replaced.add(id(layer.weight))
     return total + sum(

@@ -224,11 +224,7 @@ class EngineConfig:
             raise ConfigError(
                 f"quantization must be {', '.join(QUANTIZATION_MODES)}, got {self.quantization!r}"
             )
-        if self.quantized_cpu_kernel not in QUANTIZED_CPU_KERNELS:
-            raise ConfigError(
-                f"quantized_cpu_kernel must be {', '.join(QUANTIZED_CPU_KERNELS[:-1])} or {QUANTIZED_CPU_KERNELS[-1]}, "
-                f"got {self.quantized_cpu_kernel!r}"
-            )
+        check_quantized_cpu_kernel(self.quantized_cpu_kernel)
         if self.quantized_max_rows is not None and self.quantized_max_rows < 0:
             raise ConfigError(f"quantized_max_rows must be >= 0 or auto, got {self.quantized_max_rows}")
         if self.tool_call_format not in ("", *FORMATS):
@@ -301,6 +297,14 @@ def _int_or_auto(key: str, value: str) -> int | None:
 
 QUANTIZATION_MODES = ("auto", "gguf", "none", "int4", "int8")
 QUANTIZED_CPU_KERNELS = ("auto", "ours", "torch")  # engine.quantization.QuantizedMatmul
+
+
+def check_quantized_cpu_kernel(value: str) -> None:
+    """ConfigError unless `value` is one of QUANTIZED_CPU_KERNELS (the config's and
+    QuantizedMatmul's check)."""
+    if value not in QUANTIZED_CPU_KERNELS:
+        *first, last = QUANTIZED_CPU_KERNELS
+        raise ConfigError(f"quantized_cpu_kernel must be {', '.join(first)} or {last}, got {value!r}")
 
 
 # config.pbtxt parameter -> (group.field, parser). The one table of tunables.

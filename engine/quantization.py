@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import QUANTIZED_CPU_KERNELS
+from engine.config import check_quantized_cpu_kernel
 from tritium_kernels import quant_matmul_cpu
 
 # The int4 packing is the CUDA kernel's layout, defined once beside it.
@@ -263,14 +263,13 @@ class QuantizedMatmul:
         tensor: QuantizedTensor,
         dtype: torch.dtype,
         device: torch.device,
-        cpu_kernel: str = "auto",  # QUANTIZED_CPU_KERNELS: ours where it builds and fits, else torch's
+        cpu_kernel: str = "auto",  # engine.config.QUANTIZED_CPU_KERNELS: ours where it fits, else torch's
     ) -> None:
         self.bits = tensor.bits
         self.rows, self.columns = tensor.shape
         self.device = device
         self.packed: quant_matmul_cpu.PackedWeight | None = None
-        if cpu_kernel not in QUANTIZED_CPU_KERNELS:
-            raise ValueError(f"cpu_kernel must be {', '.join(QUANTIZED_CPU_KERNELS[:-1])} or {QUANTIZED_CPU_KERNELS[-1]}, got {cpu_kernel!r}")
+        check_quantized_cpu_kernel(cpu_kernel)
         if device.type == "cpu" and cpu_kernel != "torch" and self._ours_fits(tensor, cpu_kernel == "ours"):
             self.packed = quant_matmul_cpu.pack(
                 tensor.values(), tensor.scales, tensor.zeros, tensor.bits, tensor.group_size

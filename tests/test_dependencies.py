@@ -114,8 +114,8 @@ def test_nothing_is_declared_and_unused() -> None:
 
 def test_our_packages_shadow_no_installed_distribution() -> None:
     # The repository root comes first on sys.path, so a top-level package of ours named like
-    # another distribution's hides it: transformers >= 5.25 imports Hugging Face's `kernels`,
-    # which our kernel package, when it was called `kernels`, replaced in every test run.
+    # another distribution's hides it (transformers imports Hugging Face's `kernels`, which a
+    # package of ours by that name would replace in every process).
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     ours = {package for package in project["packages"] if "." not in package}
     assert ours == OWN - {"tests"}

@@ -80,8 +80,13 @@ class Linear(nn.Module):
         """Whether the dense weight is held (False once `quantize` dropped it)."""
         return not self.weight.is_meta
 
+    def takes_quantized(self, rows: int) -> bool:
+        """Whether a matmul of `rows` rows multiplies by the quantized weight."""
+        return self.quantized is not None and (rows <= self.max_quantized_rows or not self.dense)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [rows, in] -> [rows, out]
-        if self.quantized is not None and (x.shape[0] <= self.max_quantized_rows or not self.dense):
+        if self.takes_quantized(x.shape[0]):
+            assert self.quantized is not None
             out = self.quantized(x)
             return out if self.bias is None else out + self.bias
         return F.linear(x, self.weight, self.bias)
